@@ -1,0 +1,54 @@
+# Every target does its own set-up from nothing but python3.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+# The newest CPython on the machine (3.12+ changed exit hooks; free-threaded builds
+# change what is atomic): the ring and lifecycle tests run on it too.
+NEWEST_PYTHON ?= $(shell bash tools/newest-python)
+NEWEST_VENV   ?= .venv-newest
+
+.PHONY: all venv lint typecheck unit test test-newest demo bench clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench tools
+	$(VENV)/bin/ruff format --check src tests bench tools
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest
+
+$(NEWEST_VENV)/.installed: pyproject.toml
+	@test -n "$(NEWEST_PYTHON)" || { echo "no CPython 3.12+ found (see tools/newest-python)"; exit 1; }
+	$(NEWEST_PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The ring's tests again on the newest interpreter.
+test-newest: $(NEWEST_VENV)/.installed
+	$(NEWEST_VENV)/bin/python -VV
+	$(NEWEST_VENV)/bin/python -m pytest tests/ring
+
+test: lint typecheck unit test-newest
+
+demo: venv
+	$(PY) -m conveyor demo
+
+bench: venv
+	$(PY) bench/ring/pipeline.py
+	$(PY) bench/ring/handoff.py
+
+clean:
+	rm -rf $(VENV) $(NEWEST_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
