@@ -2,9 +2,47 @@
 blocking them, with bounded memory, and without losing data at fork, at exit, under
 overload or while a destination is down.
 
-The messaging core lives in :mod:`conveyor.ring`.
+The public API::
+
+    from conveyor import Client                    # the DogStatsD client
+    conveyor.install_signal_handlers()             # opt-in: SIGTERM exits cleanly
+
+The layers are importable on their own: :mod:`conveyor.ring` (the messaging core),
+:mod:`conveyor.protocol` (the DogStatsD codec), :mod:`conveyor.transport` (sockets),
+:mod:`conveyor.lifecycle` (fork and exit). Names here are loaded on first use, so that
+importing one layer (say, the agent importing ``conveyor.protocol``) does not load
+the others.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+_LAZY = {
+    "BoundCounter": "conveyor.client",
+    "Client": "conveyor.client",
+    "ClientStatistics": "conveyor.client",
+    "install_signal_handlers": "conveyor.lifecycle",
+}
+
+__all__ = ["BoundCounter", "Client", "ClientStatistics", "__version__", "install_signal_handlers"]
+
+if TYPE_CHECKING:
+    from conveyor.client import BoundCounter, Client, ClientStatistics
+    from conveyor.lifecycle import install_signal_handlers
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,583 @@
+"""`Client`: the object an application creates once and calls from every thread.
+
+The hot path (``increment`` and friends) does three things: cheap argument checks,
+one ``deque.append`` and one length comparison. ``deque.append`` is a single C call,
+atomic under the GIL and made thread-safe by a per-object lock on free-threaded builds,
+so callers never take a Python lock and never convoy. Everything else (starting the
+sender, overflow, waking the sender early) happens on the rare path that the length
+comparison leads to: ``_threshold`` is 0 until the sender runs, a quarter of the bound
+afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+from collections import deque
+from types import TracebackType
+from typing import Any, Literal
+
+from conveyor import lifecycle
+from conveyor.protocol import encode_metric
+from conveyor.transport import Transport, transport_from_url
+
+from ._aggregator import Key
+from ._books import DROP_REASONS, ClientStatistics
+from ._options import TagsArg, environment_tags, normalize_tags, resolve_destination
+from ._sender import Item, Sender
+from ._timed import Timed
+from ._wire import Encoder, check_name, encode_event, encode_service_check
+
+Overflow = Literal["drop_newest", "drop_oldest", "block"]
+_OVERFLOWS = ("drop_newest", "drop_oldest", "block")
+
+_random = random.random
+_sched_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
+
+
+class Client:
+    """A DogStatsD client whose calls never block, shared by every thread.
+
+    Call-compatible with ``datadog.DogStatsd``: ``increment``, ``decrement``, ``count``,
+    ``gauge``, ``histogram``, ``distribution``, ``timing``, ``set``, ``timed``, ``event``
+    and ``service_check`` take the same arguments. Calls go to a bounded queue; a
+    companion sender thread, started on first use, aggregates them per interval and
+    writes packets. ``flush()`` is a rendez-vous with that thread.
+
+    Args:
+        host, port: a UDP destination (default ``127.0.0.1:8125``, or the environment).
+        namespace: prefixed to every metric name, with a dot.
+        tags: constant tags added to everything sent (``constant_tags`` is an alias).
+        url: ``udp://host:port``, ``unix:///path``, ``unixstream:///path`` or
+            ``tcp://host:port``; wins over ``host``/``port``. Without any of these the
+            client reads ``CONVEYOR_URL``, ``DD_DOGSTATSD_URL``, ``DD_DOGSTATSD_SOCKET``,
+            ``DD_AGENT_HOST`` and ``DD_DOGSTATSD_PORT``.
+        aggregate: fold calls per context for ``flush_interval`` seconds (counters
+            summed, gauges last, sets distinct, samples in a bounded reservoir). With
+            False every call is sent as its own line.
+        max_queue: the bound of each of the two queues between callers and the sender.
+        overflow: what a call does when its queue is full: ``"drop_newest"`` (the
+            default), ``"drop_oldest"``, or ``"block"`` for up to ``block_timeout``
+            seconds, then drop. Every drop is counted by reason in ``statistics()``.
+        threaded: False does the sender's work on the callers' threads, for hosts that
+            allow no threads; the work then happens every ``batch`` calls and on
+            ``flush()``.
+        transport: a ready :class:`conveyor.transport.Transport` (overrides the URL).
+    """
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        namespace: str | None = None,
+        tags: TagsArg = None,
+        *,
+        url: str | None = None,
+        socket_path: str | None = None,
+        constant_tags: TagsArg = None,
+        aggregate: bool = True,
+        flush_interval: float = 2.0,
+        max_samples_per_context: int = 64,
+        max_contexts: int = 50_000,
+        max_queue: int = 65_536,
+        overflow: Overflow = "drop_newest",
+        block_timeout: float = 1.0,
+        max_packet_size: int | None = None,
+        default_sample_rate: float = 1.0,
+        use_ms: bool = False,
+        threaded: bool = True,
+        batch: int = 512,
+        transport: Transport | None = None,
+    ) -> None:
+        if overflow not in _OVERFLOWS:
+            raise ValueError(f"overflow must be one of {_OVERFLOWS}, not {overflow!r}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if not flush_interval > 0:
+            raise ValueError(f"flush_interval must be > 0 seconds, got {flush_interval}")
+        if not 0 < default_sample_rate <= 1:
+            raise ValueError(f"default_sample_rate must be in (0, 1], got {default_sample_rate}")
+        if max_samples_per_context < 1 or max_contexts < 1 or batch < 1:
+            raise ValueError("max_samples_per_context, max_contexts and batch must be >= 1")
+        if tags is not None and constant_tags is not None:
+            raise TypeError("give constant tags as tags= or constant_tags=, not both")
+        if transport is None:
+            destination = resolve_destination(url, host, port, socket_path)
+            transport = transport_from_url(destination.url)
+        self._transport = transport
+        constant = normalize_tags(tags if tags is not None else constant_tags) or ()
+        self._encoder = Encoder(namespace, (*constant, *environment_tags()))
+        self._names: set[str] = set()  # names already checked (bounded)
+        self._overflow = overflow
+        self._block_timeout = block_timeout
+        self._max_queue = max_queue
+        self._default_rate = default_sample_rate
+        self._use_ms = use_ms
+        self._threaded = threaded
+        self._batch = batch
+        self._queue: deque[Item] = deque()
+        self._increments: deque[Key] = deque()
+        self._pressure_lock = threading.Lock()
+        self._queue_drops = dict.fromkeys(DROP_REASONS, 0)
+        self._closed = False
+        self._yield_at = max_queue // 2
+        self._sender_options = {
+            "aggregate": aggregate,
+            "flush_interval": flush_interval,
+            "max_samples": max_samples_per_context,
+            "max_contexts": max_contexts,
+        }
+        self._sender = self._new_sender()
+        self._pid = os.getpid()
+        # The hot path compares queue lengths with `_gate[0]`: 0 until the sender runs,
+        # and 0 again in any forked child (see conveyor.lifecycle.ForkGate), so the
+        # first call after either takes the rare path.
+        self._fork_gate = lifecycle.ForkGate()
+        self._gate = self._fork_gate.cell
+        lifecycle.join(self)
+
+    def _new_sender(self) -> Sender:
+        return Sender(
+            queue=self._queue,
+            increments=self._increments,
+            transport=self._transport,
+            encoder=self._encoder,
+            tick=0.1,
+            **self._sender_options,  # type: ignore[arg-type]
+        )
+
+    # -- metrics: the hot path ----------------------------------------------------------
+
+    def increment(
+        self,
+        metric: str,
+        value: float = 1,
+        tags: TagsArg = None,
+        sample_rate: float | None = None,
+    ) -> None:
+        """Add ``value`` (default 1) to the counter ``metric``."""
+        if metric not in self._names:
+            self._check_name(metric)
+        if tags is not None:
+            tags = tuple(tags) if tags.__class__ is list else normalize_tags(tags)
+        if value == 1 and sample_rate is None and value.__class__ is int:
+            queue = self._increments
+            queue.append((metric, tags))
+            if len(queue) >= self._gate[0]:
+                self._pressure(queue)
+        else:
+            self._record("c", metric, value, tags, sample_rate)
+
+    def decrement(
+        self,
+        metric: str,
+        value: float = 1,
+        tags: TagsArg = None,
+        sample_rate: float | None = None,
+    ) -> None:
+        """Subtract ``value`` (default 1) from the counter ``metric``."""
+        self.count(metric, -_number(value, metric), tags, sample_rate)
+
+    def count(
+        self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
+    ) -> None:
+        """Add ``value`` to the counter ``metric``."""
+        if metric not in self._names:
+            self._check_name(metric)
+        self._record("c", metric, value, _tags(tags), sample_rate)
+
+    def gauge(
+        self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
+    ) -> None:
+        """Set the gauge ``metric`` to ``value`` (the last value in an interval wins)."""
+        if metric not in self._names:
+            self._check_name(metric)
+        self._record("g", metric, value, _tags(tags), sample_rate)
+
+    def histogram(
+        self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
+    ) -> None:
+        """Record a sample of ``metric``; the agent computes its statistics."""
+        if metric not in self._names:
+            self._check_name(metric)
+        self._record("h", metric, value, _tags(tags), sample_rate)
+
+    def distribution(
+        self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
+    ) -> None:
+        """Record a sample of ``metric`` for a global (server-side) distribution."""
+        if metric not in self._names:
+            self._check_name(metric)
+        self._record("d", metric, value, _tags(tags), sample_rate)
+
+    def timing(
+        self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
+    ) -> None:
+        """Record a duration sample of ``metric`` (a ``ms`` line)."""
+        if metric not in self._names:
+            self._check_name(metric)
+        self._record("ms", metric, value, _tags(tags), sample_rate)
+
+    def set(
+        self, metric: str, value: str | int, tags: TagsArg = None, sample_rate: float | None = None
+    ) -> None:
+        """Count ``value`` as a member of the set ``metric`` (distinct members are counted)."""
+        if metric not in self._names:
+            self._check_name(metric)
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise TypeError(f"set {metric!r}: a member must be a str or an int, not {value!r}")
+        encode_metric(metric, "s", value)  # a member the format cannot carry raises here
+        rate = self._rate(sample_rate, metric)
+        if rate:
+            self._enqueue(("s", metric, value, _tags(tags), rate))
+
+    def timed(
+        self,
+        metric: str | None = None,
+        tags: TagsArg = None,
+        sample_rate: float | None = None,
+        use_ms: bool | None = None,
+    ) -> Timed:
+        """Time a block (``with``), a function or a coroutine function (decorator).
+
+        Sends a ``timing`` in seconds, or milliseconds with ``use_ms=True`` (as
+        ``datadog.DogStatsd`` does). As a decorator without ``metric``, the name is the
+        function's module and qualified name.
+        """
+        if metric is not None and metric not in self._names:
+            self._check_name(metric)
+        return Timed(
+            self, metric, _tags(tags), sample_rate, self._use_ms if use_ms is None else use_ms
+        )
+
+    def counter(self, metric: str, tags: TagsArg = None) -> BoundCounter:
+        """A counter bound to ``metric`` and ``tags``, for hot loops: its ``increment()``
+        skips every per-call check."""
+        if metric not in self._names:
+            self._check_name(metric)
+        return BoundCounter(self, metric, _tags(tags))
+
+    # -- events and service checks ------------------------------------------------------
+
+    def event(
+        self,
+        title: str,
+        message: str,
+        alert_type: str | None = None,
+        aggregation_key: str | None = None,
+        source_type_name: str | None = None,
+        date_happened: int | None = None,
+        priority: str | None = None,
+        tags: TagsArg = None,
+        hostname: str | None = None,
+    ) -> None:
+        """Send an event to the event stream (never aggregated). Raises ``ValueError``
+        at once for what the format cannot carry."""
+        line = encode_event(
+            title,
+            message,
+            alert_type=alert_type,  # type: ignore[arg-type]
+            aggregation_key=aggregation_key,
+            source_type_name=source_type_name,
+            timestamp=date_happened,
+            priority=priority,  # type: ignore[arg-type]
+            tags=(*(_tags(tags) or ()), *self._encoder.constant_tags),
+            hostname=hostname,
+        )
+        self._enqueue(("_e", line))
+
+    def service_check(
+        self,
+        check_name: str,
+        status: int,
+        tags: TagsArg = None,
+        timestamp: int | None = None,
+        hostname: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Report the status (``Client.OK``, ``WARNING``, ``CRITICAL``, ``UNKNOWN``) of a
+        service (never aggregated)."""
+        line = encode_service_check(
+            check_name,  # not namespaced, as in datadog.DogStatsd
+            status,
+            tags=(*(_tags(tags) or ()), *self._encoder.constant_tags),
+            timestamp=timestamp,
+            hostname=hostname,
+            message=message,
+        )
+        self._enqueue(("_sc", line))
+
+    # -- the rest of the path -----------------------------------------------------------
+
+    def _record(
+        self,
+        type_: str,
+        metric: str,
+        value: float,
+        tags: tuple[str, ...] | None,
+        rate: float | None,
+    ) -> None:
+        if value.__class__ is not int and not (value.__class__ is float and math.isfinite(value)):
+            value = _number(value, metric)
+        kept = self._rate(rate, metric)
+        if kept:
+            self._enqueue((type_, metric, value, tags, kept))
+
+    def _rate(self, sample_rate: float | None, metric: str) -> float:
+        """The rate to record with, or 0.0 if client-side sampling drops this call
+        (on purpose, so not counted as a drop: the rate scales what is kept)."""
+        if sample_rate is None:
+            sample_rate = self._default_rate
+            if sample_rate == 1.0:
+                return 1.0
+        elif not 0 < sample_rate <= 1:
+            raise ValueError(f"{metric!r}: sample_rate must be in (0, 1], got {sample_rate!r}")
+        if sample_rate < 1.0 and _random() > sample_rate:
+            return 0.0
+        return float(sample_rate)
+
+    def _enqueue(self, item: Item) -> None:
+        queue = self._queue
+        queue.append(item)
+        if len(queue) >= self._gate[0]:
+            self._pressure(queue)
+
+    def _check_name(self, metric: str) -> None:
+        check_name(metric)  # raises ValueError/TypeError with the reason
+        if len(self._names) < 10_000:
+            self._names.add(metric)
+
+    def _pressure(self, queue: deque[Any]) -> None:
+        """The rare path: start the sender, wake it early, apply the overflow policy."""
+        depth = len(queue)
+        if self._gate[0] == 0 or depth > self._max_queue:
+            self._pressure_locked(queue)
+        if not self._threaded:
+            self._sender.work()
+            return
+        sender = self._sender
+        if not sender.woken:
+            sender.woken = True
+            sender.wakeup.set()
+        if depth > self._yield_at:
+            # Overloaded: give the GIL away once so the sender gets a turn (under the
+            # GIL it is one runnable thread among all the callers). Microseconds, and
+            # never a wait for the sender; without it the queue fills and drops.
+            _sched_yield()
+
+    def _pressure_locked(self, queue: deque[Any]) -> None:
+        if self._pid != os.getpid():  # a fork no Python hook told us about (uWSGI)
+            item = queue.pop()  # this call's item: keep it, drop the parent's
+            self._after_fork_without_hooks()
+            queue.append(item)
+        with self._pressure_lock:
+            if self._closed:
+                if queue:
+                    queue.pop()
+                    self._queue_drops["closed"] += 1
+                return
+            if self._gate[0] == 0:
+                self._start()
+            if len(queue) > self._max_queue:
+                if self._overflow == "drop_newest":
+                    queue.pop()
+                    self._queue_drops["queue_full"] += 1
+                elif self._overflow == "drop_oldest":
+                    queue.popleft()
+                    self._queue_drops["queue_evicted"] += 1
+        if self._overflow == "block" and len(queue) > self._max_queue:
+            self._block(queue)
+
+    def _block(self, queue: deque[Any]) -> None:
+        sender = self._sender
+        deadline = time.monotonic() + self._block_timeout
+        with sender.space:
+            sender.blocked += 1
+            try:
+                while len(queue) > self._max_queue:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    sender.wakeup.set()
+                    sender.space.wait(remaining)
+            finally:
+                sender.blocked -= 1
+        if len(queue) > self._max_queue:
+            with self._pressure_lock:
+                if len(queue) > self._max_queue:
+                    queue.pop()
+                    self._queue_drops["block_timeout"] += 1
+
+    def _start(self) -> None:
+        if self._threaded:
+            if not self._sender.running:
+                self._sender.start()
+            self._gate[0] = max(1, self._max_queue // 4)
+        else:
+            self._gate[0] = min(self._batch, self._max_queue)
+
+    # -- rendez-vous, close, books ------------------------------------------------------
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Send everything recorded before this call, including the current aggregation
+        interval. Returns True once it is written to the transport (or counted as
+        dropped), False if ``timeout`` seconds passed first."""
+        return self._rendezvous("flush", timeout)
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Flush, stop the sender and close the transport. Later calls are counted as
+        dropped (reason ``"closed"``). Returns False if the flush did not finish in time."""
+        if self._closed:
+            return True
+        ok = self._rendezvous("close", timeout)
+        with self._pressure_lock:
+            self._closed = True
+            self._gate[0] = 0
+            leftover = len(self._queue) + len(self._increments)
+            self._queue.clear()
+            self._increments.clear()
+            self._queue_drops["closed"] += leftover
+        self._sender.join(timeout)
+        return ok
+
+    def _rendezvous(self, kind: str, timeout: float | None) -> bool:
+        if self._closed:
+            return kind == "flush" and not (self._queue or self._increments)
+        if self._pid != os.getpid():
+            self._after_fork_without_hooks()
+        with self._pressure_lock:
+            if self._gate[0] == 0:
+                self._start()
+        control = self._sender.request(kind)
+        if not self._threaded:
+            self._sender.work()
+        return control.done.wait(timeout) and control.ok
+
+    # -- fork and exit (called by conveyor.lifecycle) ----------------------------------
+
+    def _lifecycle_after_fork(self) -> None:
+        """In a forked child: start afresh. The parent's pending data stays the parent's
+        to send; locks that a parent thread may have held are replaced; no thread is
+        started until the child records something."""
+        self._pid = os.getpid()
+        self._pressure_lock = threading.Lock()
+        self._queue.clear()  # cleared in place: bound counters hold these deques
+        self._increments.clear()
+        self._queue_drops = dict.fromkeys(DROP_REASONS, 0)
+        self._sender = self._new_sender()
+        self._gate[0] = 0
+
+    def _after_fork_without_hooks(self) -> None:
+        """A fork made in C that ran no Python hook (uWSGI without
+        ``py-call-osafterfork``). CPython's own threading state was not reset either:
+        a lock a parent thread held at the fork stays held, and a new thread may
+        deadlock on it. So this process never starts a sender thread: the callers'
+        threads do its work every ``batch`` calls, on ``flush()`` and at exit."""
+        self._lifecycle_after_fork()
+        self._threaded = False
+
+    def _lifecycle_flush(self, deadline: float) -> None:
+        """At exit, or at the end of a worker process: flush by ``deadline`` without
+        starting a thread (Python 3.12+ forbids new threads at exit)."""
+        if self._pid != os.getpid():
+            self._after_fork_without_hooks()  # nothing recorded here since the fork
+        if self._closed or self._gate[0] == 0:
+            return  # closed, or nothing recorded since the start or the fork
+        remaining = max(0.0, deadline - time.monotonic())
+        control = self._sender.request("flush")
+        if not self._sender.running:
+            self._sender.work()
+        control.done.wait(remaining)
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of what was recorded, sent and dropped, and what is pending."""
+        sender = self._sender
+        queue_depth = len(self._queue) + len(self._increments)
+        with self._pressure_lock:
+            queue_drops = dict(self._queue_drops)
+        dropped = {reason: queue_drops[reason] + sender.dropped[reason] for reason in DROP_REASONS}
+        held = sender.held
+        recorded = sender.taken + sum(queue_drops.values()) + queue_depth
+        return ClientStatistics(
+            recorded=recorded,
+            sent=sender.sent,
+            dropped=dropped,
+            pending=queue_depth + held,
+            queue_depth=queue_depth,
+            queue_capacity=2 * self._max_queue,
+            contexts=sender.contexts,
+            packets_sent=sender.packets_sent,
+            bytes_sent=sender.bytes_sent,
+            flushes=sender.flushes,
+            sender_running=sender.running,
+            destination=self._transport.url,
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self._transport.url!r})"
+
+
+class BoundCounter:
+    """A counter bound to one name and tag set: the cheapest call the client offers."""
+
+    __slots__ = ("_client", "_key", "_queue")
+
+    def __init__(self, client: Client, metric: str, tags: tuple[str, ...] | None) -> None:
+        self._client = client
+        self._key: Key = (metric, tags)
+        self._queue = client._increments
+
+    def increment(self, value: float = 1) -> None:
+        """Add ``value`` (default 1)."""
+        if value == 1 and value.__class__ is int:
+            queue = self._queue
+            queue.append(self._key)
+            if len(queue) >= self._client._gate[0]:
+                self._client._pressure(queue)
+        else:
+            self._client.count(self._key[0], value, self._key[1])
+
+    def decrement(self, value: float = 1) -> None:
+        """Subtract ``value`` (default 1)."""
+        self._client.count(self._key[0], -_number(value, self._key[0]), self._key[1])
+
+
+def _tags(tags: TagsArg) -> tuple[str, ...] | None:
+    if tags is None:
+        return None
+    return tuple(tags) if tags.__class__ is list else normalize_tags(tags)
+
+
+def _number(value: object, metric: str) -> float:
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{metric!r}: the value must be a number, not {value!r}")
+    if not isinstance(value, (int, float)):
+        try:
+            value = float(value)  # type: ignore[arg-type]  # Decimal, numpy scalars...
+        except (TypeError, ValueError):
+            raise TypeError(f"{metric!r}: the value must be a number, not {value!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{metric!r}: the value must be finite, not {value!r}")
+    return value
+
+
+__all__ = ["BoundCounter", "Client"]

@@ -1,0 +1,63 @@
+"""The client's use of :mod:`conveyor.protocol`: namespace, constant tags, and encoding
+errors turned into values the sender can count instead of exceptions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from conveyor.protocol import (
+    ProtocolError,
+    encode_event,
+    encode_metric,
+    encode_service_check,
+    encode_tags,
+)
+
+__all__ = ["Encoder", "WireError", "check_name", "encode_event", "encode_service_check"]
+
+
+class WireError(ProtocolError):
+    """An item the sender could not encode; counted as dropped ("invalid")."""
+
+
+def check_name(metric: str) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``metric`` is a valid metric name."""
+    if not isinstance(metric, str):
+        raise TypeError(f"metric name must be a str, not {type(metric).__name__} {metric!r}")
+    encode_metric(metric, "c", 0)  # the protocol's checks, and its name cache
+
+
+class Encoder:
+    """Encodes one context or call as DogStatsD lines, with namespace and constant tags."""
+
+    __slots__ = ("_constant_text", "_prefix", "constant_tags")
+
+    def __init__(self, namespace: str | None, constant_tags: tuple[str, ...]) -> None:
+        if namespace:
+            check_name(namespace)
+        self._prefix = f"{namespace}." if namespace else ""
+        self.constant_tags = constant_tags
+        self._constant_text = encode_tags(constant_tags)
+
+    def metric(
+        self,
+        name: str,
+        type_: str,
+        values: Iterable[float | str],
+        rate: float,
+        tags: tuple[str, ...] | None,
+    ) -> Iterator[bytes | WireError]:
+        """The lines for one context: one line with every value packed, or, for a set,
+        one line per member (members cannot be packed)."""
+        tag_text = encode_tags(tags) if tags else ""
+        if self._constant_text:
+            tag_text = f"{tag_text},{self._constant_text}" if tag_text else self._constant_text
+        name = self._prefix + name
+        try:
+            if type_ == "s":
+                for member in values:
+                    yield encode_metric(name, "s", member, sample_rate=rate, tags=tag_text)
+            else:
+                yield encode_metric(name, type_, values, sample_rate=rate, tags=tag_text)  # type: ignore[arg-type]
+        except ProtocolError as error:
+            yield WireError(str(error))
