@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import socket
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -287,3 +291,60 @@ def test_bad_constructor_arguments() -> None:
         Client(max_queue=0)
     with pytest.raises(TypeError, match="not both"):
         Client(tags=["a:b"], constant_tags=["c:d"])
+
+
+def test_packets_never_exceed_the_configured_size(udp_receiver: DatagramReceiver) -> None:
+    client = Client(url=udp_receiver.url, max_packet_size=512, aggregate=False)  # type: ignore[attr-defined]
+    for i in range(2000):
+        client.histogram("sizes", i, tags=[f"bucket:{i % 50}"])
+    assert client.flush(timeout=10)
+    received = udp_receiver.take()
+    assert len(received.packets) > 10
+    assert max(len(p) for p in received.packets) <= 512
+    assert sum(len(v) for v in received.samples.values()) == 2000
+
+
+def test_a_unix_stream_client_reconnects_when_its_server_restarts(tmp_path: Path) -> None:
+    path = str(tmp_path / "dsd.sock")
+    client = Client(url=f"unixstream://{path}", aggregate=False)
+    frames: list[bytes] = []
+
+    def serve_once(server: socket.socket, want: int) -> None:
+        connection, _ = server.accept()
+        with connection:
+            buffer = b""
+            while len(frames) < want:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                buffer += chunk
+                while len(buffer) >= 4:
+                    size = int.from_bytes(buffer[:4], "little")
+                    if len(buffer) < 4 + size:
+                        break
+                    frames.append(buffer[4 : 4 + size])
+                    buffer = buffer[4 + size :]
+
+    for generation in range(2):
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if os.path.exists(path):
+            os.unlink(path)
+        server.bind(path)
+        server.listen(1)
+        want = generation + 1
+        reader = threading.Thread(target=serve_once, args=(server, want))
+        reader.start()
+        # Until the client notices the restart (a failed write, then its back-off), a
+        # flush may count its packet as dropped; it must get through within seconds.
+        deadline = time.monotonic() + 10
+        while len(frames) < want and time.monotonic() < deadline:
+            client.gauge("generation", generation)
+            client.flush(timeout=5)
+            reader.join(timeout=0.05)
+        reader.join(timeout=5)
+        server.close()  # the server goes away (the accepted connection is closed too)
+        assert len(frames) >= want, f"nothing received after restart {generation}"
+    assert b"generation:1|g" in frames[-1]  # the restarted server got the new data
+    stats = client.statistics()
+    assert stats.recorded == stats.sent + stats.dropped_total  # retries' losses counted
+    client.close()

@@ -65,6 +65,8 @@ class Client:
         threaded: False does the sender's work on the callers' threads, for hosts that
             allow no threads; the work then happens every ``batch`` calls and on
             ``flush()``.
+        max_packet_size: the largest packet written (default: 1432 bytes for UDP, so
+            that no datagram is fragmented; 8192 for Unix sockets and TCP).
         transport: a ready :class:`conveyor.transport.Transport` (overrides the URL).
     """
 
@@ -111,7 +113,7 @@ class Client:
             raise TypeError("give constant tags as tags= or constant_tags=, not both")
         if transport is None:
             destination = resolve_destination(url, host, port, socket_path)
-            transport = transport_from_url(destination.url)
+            transport = transport_from_url(destination.url, max_packet_size=max_packet_size)
         self._transport = transport
         constant = normalize_tags(tags if tags is not None else constant_tags) or ()
         self._encoder = Encoder(namespace, (*constant, *environment_tags()))

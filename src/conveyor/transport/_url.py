@@ -12,7 +12,12 @@ from __future__ import annotations
 import ipaddress
 
 from ._base import Transport
-from ._datagram import UDPTransport, UnixDatagramTransport
+from ._datagram import (
+    DEFAULT_UDP_PACKET_SIZE,
+    DEFAULT_UNIX_PACKET_SIZE,
+    UDPTransport,
+    UnixDatagramTransport,
+)
 from ._stream import TCPTransport, UnixStreamTransport
 
 #: The port of ``udp://`` and ``tcp://`` URLs that give none.
@@ -29,12 +34,13 @@ def _invalid(url: str, problem: str) -> ValueError:
     return ValueError(f"invalid DogStatsD URL {url!r}: {problem}; accepted forms: {ACCEPTED_FORMS}")
 
 
-def transport_from_url(url: str) -> Transport:
+def transport_from_url(url: str, *, max_packet_size: int | None = None) -> Transport:
     """The transport for ``url``; a ``ValueError`` naming the accepted forms otherwise.
 
     Surrounding white space is ignored (environment variables often end in a newline)
-    and the scheme is case-insensitive. Each transport's own defaults apply
-    (packet size, timeouts); construct the class directly to change them.
+    and the scheme is case-insensitive. Each transport's own defaults apply (packet
+    size, timeouts) unless ``max_packet_size`` is given; construct the class directly
+    to change the timeouts.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
@@ -43,14 +49,17 @@ def transport_from_url(url: str) -> Transport:
     if not separator:
         raise _invalid(url, "no scheme (expected scheme://...)")
     scheme = scheme.lower()
+    unix_size = max_packet_size or DEFAULT_UNIX_PACKET_SIZE
     if scheme in ("unix", "unixgram"):
-        return UnixDatagramTransport(_path(url, scheme, rest))
+        return UnixDatagramTransport(_path(url, scheme, rest), max_packet_size=unix_size)
     if scheme == "unixstream":
-        return UnixStreamTransport(_path(url, scheme, rest))
+        return UnixStreamTransport(_path(url, scheme, rest), max_packet_size=unix_size)
     if scheme == "udp":
-        return UDPTransport(*_host_port(url, rest))
+        host, port = _host_port(url, rest)
+        return UDPTransport(host, port, max_packet_size=max_packet_size or DEFAULT_UDP_PACKET_SIZE)
     if scheme == "tcp":
-        return TCPTransport(*_host_port(url, rest))
+        host, port = _host_port(url, rest)
+        return TCPTransport(host, port, max_packet_size=unix_size)
     raise _invalid(url, f"unknown scheme {scheme!r}")
 
 
