@@ -66,8 +66,9 @@ class FanOut(Node):
     def add_and_get(self, node: S) -> S:
         """Subscribe ``node`` while the pipeline runs and return it.
 
-        It starts after the producer's current position: it sees only what is published
-        from now on.
+        It starts after the producer's current position (after the last published cursor
+        for an MPSequence, after what the members released for a FanOut behind another):
+        it sees only what is published from now on.
         """
         self._add(node)
         return node
@@ -83,6 +84,8 @@ class FanOut(Node):
             self._publish(kept)
         for member_node in removed.chain:
             member_node._unlink()
+        # It may have been the slowest member: whoever waits on the join may go on now.
+        self._wake()
 
     @property
     def members(self) -> tuple[Node, ...]:
@@ -103,6 +106,12 @@ class FanOut(Node):
             member = _Member(chain_of(node))
             if member.head is self or node is self:
                 raise GraphError("a FanOut cannot be its own member")
+            for link in member.chain:
+                if link._is_producer:
+                    raise GraphError(
+                        f"{link!r} is a producer leading to {node!r}: a FanOut's members "
+                        f"are consumers, and so are the chains leading to them"
+                    )
             if self.linked:
                 member.head._set_barrier(self._barrier)
                 self._move_to_current(member)
@@ -113,13 +122,19 @@ class FanOut(Node):
                 # Catch up with what was published meanwhile: until this point the
                 # producer did not wait for the new member, so it may have lapped it.
                 self._move_to_current(member)
+        # Whoever the member's first position held back meanwhile may go on now.
+        self._wake()
 
     def _publish(self, members: tuple[_Member, ...]) -> None:
         self._members = members
         self._wakers = tuple(member.head._signal_function() for member in members)
 
     def _move_to_current(self, member: _Member) -> None:
-        position = self._barrier.current()
+        # What the barrier has released, not its current(): a multi- sequence's current()
+        # is its last claim (maybe not done yet) and a FanOut's is its producer's (maybe
+        # not read by its members yet); a member starting beyond would let the producer
+        # lap slots that are still in use.
+        position = self._barrier._available_index(0)
         for node in member.chain:
             node._set_current(position)
 
@@ -141,7 +156,12 @@ class FanOut(Node):
         return self._signal
 
     def _signal(self) -> None:
-        for wake in self._wakers:
+        wakers = self._wakers
+        if not wakers:
+            # Nobody subscribed: the downstream waits on the upstream directly (see
+            # _available_index), so pass the upstream's signal on.
+            self._wake()
+        for wake in wakers:
             wake()
 
     def _set_barrier(self, barrier: Node) -> None:

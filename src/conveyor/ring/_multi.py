@@ -52,6 +52,10 @@ class _MultiSequence(Sequence):
         mask = self._mask
         shift = self._shift
         hi = self._value
+        if lo <= hi - self._cycle:
+            # Flags older than a lap are overwritten; everything up to hi - capacity is
+            # done (claiming hi needed it released downstream), so start in the last lap.
+            lo = hi - self._cycle + 1
         while lo <= hi and flags[lo & mask] == lo >> shift:
             lo += 1
         return lo - 1
@@ -85,17 +89,18 @@ class MPSequence(_MultiSequence):
         claim = self._claim
         if not claim.acquire(False):
             return -2
-        nxt = self._value + 1
-        lo = nxt - self._cycle
-        if lo > self._cache:
-            cache = self._barrier._available_index(lo)
-            self._cache = cache
-            if lo > cache:
-                claim.release()
-                return -1
-        self._value = nxt
-        claim.release()
-        return nxt
+        try:  # released even if the barrier raises (graph not closed yet)
+            nxt = self._value + 1
+            lo = nxt - self._cycle
+            if lo > self._cache:
+                cache = self._barrier._available_index(lo)
+                self._cache = cache
+                if lo > cache:
+                    return -1
+            self._value = nxt
+            return nxt
+        finally:
+            claim.release()
 
 
 class MCSequence(_MultiSequence):
@@ -115,13 +120,14 @@ class MCSequence(_MultiSequence):
         claim = self._claim
         if not claim.acquire(False):
             return -2
-        nxt = self._value + 1
-        if nxt > self._cache:
-            cache = self._barrier._available_index(nxt)
-            self._cache = cache
-            if nxt > cache:
-                claim.release()
-                return -1
-        self._value = nxt
-        claim.release()
-        return nxt
+        try:  # released even if the barrier raises (graph not closed yet)
+            nxt = self._value + 1
+            if nxt > self._cache:
+                cache = self._barrier._available_index(nxt)
+                self._cache = cache
+                if nxt > cache:
+                    return -1
+            self._value = nxt
+            return nxt
+        finally:
+            claim.release()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from ._errors import CursorError
 from ._graph import Node
 from ._queue import check_capacity
-from ._wait import BlockingWait, WaitStrategy
+from ._wait import BlockingWait, WaitStrategy, check_timeout
 
 
 class Sequence(Node):
@@ -58,6 +58,7 @@ class Sequence(Node):
         Raises :class:`RingTimeoutError` after ``timeout`` seconds and :class:`AlertedError` once
         the strategy is alerted.
         """
+        timeout = check_timeout(timeout)
         cursor = self.next()
         if cursor >= 0:
             return cursor
@@ -65,6 +66,7 @@ class Sequence(Node):
 
     async def next_async(self, timeout: float | None = None) -> int:
         """Like :meth:`next_blocking`, for a coroutine: the event loop keeps running."""
+        timeout = check_timeout(timeout)
         cursor = self.next()
         if cursor >= 0:
             return cursor

@@ -14,6 +14,7 @@ back-off, or a condition variable.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import threading
@@ -34,12 +35,19 @@ _GIL_DISABLED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 _sched_yield: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
-def _deadline(timeout: float | None) -> float | None:
-    if timeout is None:
+def check_timeout(timeout: float | None) -> float | None:
+    """``timeout`` as a wait takes it: None (or infinity) waits for ever; a negative or
+    NaN timeout is a mistake, reported before anything else happens."""
+    if timeout is None or timeout == math.inf:
         return None
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-    return time.monotonic() + timeout
+    if not timeout >= 0:  # also catches NaN
+        raise ValueError(f"timeout must be a number of seconds >= 0, or None; got {timeout!r}")
+    return timeout
+
+
+def _deadline(timeout: float | None) -> float | None:
+    timeout = check_timeout(timeout)
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def _timed_out(what: str, timeout: float | None) -> RingTimeoutError:
