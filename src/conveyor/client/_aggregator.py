@@ -140,7 +140,9 @@ class Aggregator:
                 samples.append(value)
             else:
                 # Algorithm R: every value seen so far stays with equal probability.
-                slot = self._random.randrange(sampled.items)
+                # (int(random() * n) is uniform on [0, n) for any n below 2**53, and a
+                # fraction of randrange's cost on this per-sample path.)
+                slot = int(self._random.random() * sampled.items)
                 if slot < self._max_samples:
                     samples[slot] = value
         return True

@@ -35,6 +35,7 @@ Overflow = Literal["drop_newest", "drop_oldest", "block"]
 _OVERFLOWS = ("drop_newest", "drop_oldest", "block")
 
 _random = random.random
+_ONE = 1  # the small int CPython caches: `value is _ONE` is true only for the int 1
 _sched_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
@@ -170,13 +171,13 @@ class Client:
             self._check_name(metric)
         if tags is not None:
             tags = tuple(tags) if tags.__class__ is list else normalize_tags(tags)
-        if value == 1 and sample_rate is None and value.__class__ is int:
+        if value is _ONE and sample_rate is None:  # CPython caches 1: one identity test
             queue = self._increments
             queue.append((metric, tags))
             if len(queue) >= self._gate[0]:
                 self._pressure(queue)
         else:
-            self._record("c", metric, value, tags, sample_rate)
+            self._metric("c", metric, value, tags, sample_rate)
 
     def decrement(
         self,
@@ -192,41 +193,31 @@ class Client:
         self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
     ) -> None:
         """Add ``value`` to the counter ``metric``."""
-        if metric not in self._names:
-            self._check_name(metric)
-        self._record("c", metric, value, _tags(tags), sample_rate)
+        self._metric("c", metric, value, tags, sample_rate)
 
     def gauge(
         self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
     ) -> None:
         """Set the gauge ``metric`` to ``value`` (the last value in an interval wins)."""
-        if metric not in self._names:
-            self._check_name(metric)
-        self._record("g", metric, value, _tags(tags), sample_rate)
+        self._metric("g", metric, value, tags, sample_rate)
 
     def histogram(
         self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
     ) -> None:
         """Record a sample of ``metric``; the agent computes its statistics."""
-        if metric not in self._names:
-            self._check_name(metric)
-        self._record("h", metric, value, _tags(tags), sample_rate)
+        self._metric("h", metric, value, tags, sample_rate)
 
     def distribution(
         self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
     ) -> None:
         """Record a sample of ``metric`` for a global (server-side) distribution."""
-        if metric not in self._names:
-            self._check_name(metric)
-        self._record("d", metric, value, _tags(tags), sample_rate)
+        self._metric("d", metric, value, tags, sample_rate)
 
     def timing(
         self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
     ) -> None:
         """Record a duration sample of ``metric`` (a ``ms`` line)."""
-        if metric not in self._names:
-            self._check_name(metric)
-        self._record("ms", metric, value, _tags(tags), sample_rate)
+        self._metric("ms", metric, value, tags, sample_rate)
 
     def set(
         self, metric: str, value: str | int, tags: TagsArg = None, sample_rate: float | None = None
@@ -319,19 +310,33 @@ class Client:
 
     # -- the rest of the path -----------------------------------------------------------
 
-    def _record(
+    def _metric(
         self,
         type_: str,
         metric: str,
         value: float,
-        tags: tuple[str, ...] | None,
-        rate: float | None,
+        tags: TagsArg,
+        sample_rate: float | None,
     ) -> None:
-        if value.__class__ is not int and not (value.__class__ is float and math.isfinite(value)):
+        """Every metric but value-1 increments and sets: checks, then one append.
+        Kept in one function, with nothing else called on the common path."""
+        if metric not in self._names:
+            self._check_name(metric)
+        if tags is not None:
+            tags = tuple(tags) if tags.__class__ is list else normalize_tags(tags)
+        kind = value.__class__
+        if kind is not int and (kind is not float or value - value != 0.0):  # NaN, inf
             value = _number(value, metric)
-        kept = self._rate(rate, metric)
-        if kept:
-            self._enqueue((type_, metric, value, tags, kept))
+        if sample_rate is None and self._default_rate == 1.0:
+            rate = 1.0
+        else:
+            rate = self._rate(sample_rate, metric)
+            if not rate:
+                return
+        queue = self._queue
+        queue.append((type_, metric, value, tags, rate))
+        if len(queue) >= self._gate[0]:
+            self._pressure(queue)
 
     def _rate(self, sample_rate: float | None, metric: str) -> float:
         """The rate to record with, or 0.0 if client-side sampling drops this call
