@@ -36,19 +36,27 @@ $(NEWEST_VENV)/.installed: pyproject.toml
 	$(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The ring's tests again on the newest interpreter.
+# The ring's and the lifecycle's tests (and the dispatcher's, which owns threads too)
+# again on the newest interpreter.
 test-newest: $(NEWEST_VENV)/.installed
 	$(NEWEST_VENV)/bin/python -VV
-	$(NEWEST_VENV)/bin/python -m pytest tests/ring
+	$(NEWEST_VENV)/bin/python -m pytest tests/ring tests/lifecycle tests/delivery
 
 test: lint typecheck unit test-newest
 
 demo: venv
 	$(PY) -m conveyor demo
 
+# The client benchmarks compare conveyor with its peers: the [bench] extra installs them.
 bench: venv
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) bench/ring/pipeline.py
 	$(PY) bench/ring/handoff.py
+	$(PY) bench/client/hot_path.py
+	$(PY) bench/client/end_to_end.py
+	$(PY) bench/client/interference.py
+	$(PY) bench/client/queue_choice.py
+	$(PY) bench/delivery/delivery.py
 
 clean:
 	rm -rf $(VENV) $(NEWEST_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -171,9 +171,10 @@ def test_a_zero_timeout_fails_at_once(make: Callable[[], WaitStrategy]) -> None:
 @pytest.mark.parametrize("make", STRATEGIES, ids=STRATEGY_IDS)
 def test_negative_timeouts_are_rejected(make: Callable[[], WaitStrategy]) -> None:
     _, _, sub = pipeline(4, sub_wait=make())
-    with pytest.raises(ValueError, match=r"timeout must be a number of seconds >= 0, or None; got -1"):
+    refused = r"timeout must be a number of seconds >= 0, or None; got"
+    with pytest.raises(ValueError, match=f"{refused} -1"):
         sub.next_blocking(-1)
-    with pytest.raises(ValueError, match=r"timeout must be a number of seconds >= 0, or None; got -0.5"):
+    with pytest.raises(ValueError, match=f"{refused} -0.5"):
         asyncio.run(sub.next_async(-0.5))
 
 

@@ -35,6 +35,7 @@ Overflow = Literal["drop_newest", "drop_oldest", "block"]
 _OVERFLOWS = ("drop_newest", "drop_oldest", "block")
 
 _random = random.random
+_INLINE_TICK = 0.1  # seconds between rounds of inline work (threaded=False)
 _ONE = 1  # the small int CPython caches: `value is _ONE` is true only for the int 1
 _sched_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
@@ -64,8 +65,8 @@ class Client:
             default), ``"drop_oldest"``, or ``"block"`` for up to ``block_timeout``
             seconds, then drop. Every drop is counted by reason in ``statistics()``.
         threaded: False does the sender's work on the callers' threads, for hosts that
-            allow no threads; the work then happens every ``batch`` calls and on
-            ``flush()``.
+            allow no threads; the work then happens on a call once ``batch`` calls
+            are waiting or 0.1 s has passed, on ``flush()`` and at exit.
         max_packet_size: the largest packet written (default: 1432 bytes for UDP, so
             that no datagram is fragmented; 8192 for Unix sockets and TCP).
         transport: a ready :class:`conveyor.transport.Transport` (overrides the URL).
@@ -132,6 +133,7 @@ class Client:
         self._queue_drops = dict.fromkeys(DROP_REASONS, 0)
         self._closed = False
         self._yield_at = max_queue // 2
+        self._inline_due = 0.0
         self._sender_options = {
             "aggregate": aggregate,
             "flush_interval": flush_interval,
@@ -368,7 +370,12 @@ class Client:
         if self._gate[0] == 0 or depth > self._max_queue:
             self._pressure_locked(queue)
         if not self._threaded:
-            self._sender.work()
+            # No sender thread: do its work here once a batch is waiting or a tick has
+            # passed, so that a quiet process still delivers (at its next call).
+            now = time.monotonic()
+            if depth >= self._batch or now >= self._inline_due:
+                self._inline_due = now + _INLINE_TICK
+                self._sender.work()
             return
         sender = self._sender
         if not sender.woken:
@@ -424,12 +431,15 @@ class Client:
                     self._queue_drops["block_timeout"] += 1
 
     def _start(self) -> None:
+        # From now on data may be held: flush it at exit even if the application drops
+        # its last reference to this client (a local of main(), say).
+        lifecycle.hold(self)
         if self._threaded:
             if not self._sender.running:
                 self._sender.start()
             self._gate[0] = max(1, self._max_queue // 4)
         else:
-            self._gate[0] = min(self._batch, self._max_queue)
+            self._gate[0] = 1  # every call checks the batch size and the clock
 
     # -- rendez-vous, close, books ------------------------------------------------------
 
@@ -452,6 +462,7 @@ class Client:
             self._queue.clear()
             self._increments.clear()
             self._queue_drops["closed"] += leftover
+        lifecycle.release(self)
         self._sender.join(timeout)
         return ok
 

@@ -12,7 +12,9 @@ from ._registry import (
     Participant,
     exit_timeout,
     flush_all,
+    hold,
     join,
+    release,
     set_exit_timeout,
 )
 from ._signals import install_signal_handlers
@@ -23,7 +25,9 @@ __all__ = [
     "Participant",
     "exit_timeout",
     "flush_all",
+    "hold",
     "install_signal_handlers",
     "join",
+    "release",
     "set_exit_timeout",
 ]

@@ -56,15 +56,29 @@ def _exit_timeout_from_environment() -> float:
 
 
 _participants: weakref.WeakSet[Participant] = weakref.WeakSet()
+_held: dict[int, Participant] = {}
 _exit_timeout = _exit_timeout_from_environment()
 _lock = threading.Lock()
 _exiting = False
 
 
 def join(participant: Participant) -> None:
-    """Register a component for fork and exit handling."""
+    """Register a component for fork and exit handling (held weakly: see :func:`hold`)."""
     _participants.add(participant)
     _watch_worker_pools()
+
+
+def hold(participant: Participant) -> None:
+    """Keep ``participant`` alive until :func:`release`: a component whose thread holds
+    data must be flushed at exit even if the application dropped every reference to it
+    (a client that was a local of ``main()``)."""
+    _held[id(participant)] = participant
+    join(participant)
+
+
+def release(participant: Participant) -> None:
+    """Undo :func:`hold` (a closed component has nothing left to flush)."""
+    _held.pop(id(participant), None)
 
 
 def set_exit_timeout(seconds: float) -> None:
@@ -120,6 +134,12 @@ class _WorkerHook:
 
 
 _WORKER_HOOK = _WorkerHook()
+
+
+def _flush_on_signal(*args: object, **kwargs: object) -> None:
+    flush_all()
+
+
 _watched: set[str] = set()
 
 
@@ -127,8 +147,17 @@ def _watch_worker_pools() -> None:
     """Ask multiprocessing and billiard, if loaded, to call us in each new worker.
 
     Their workers clear inherited finalizers at start and then run "after fork"
-    callbacks: that is where a finalizer must be installed to survive.
+    callbacks: that is where a finalizer must be installed to survive. Celery's prefork
+    children never run those finalizers (billiard's worker ends with ``os._exit`` from
+    inside its loop), so there the flush hangs on Celery's own
+    ``worker_process_shutdown`` signal, which they do send.
     """
+    if "celery" not in _watched:
+        signals = sys.modules.get("celery.signals")
+        shutdown = getattr(signals, "worker_process_shutdown", None)
+        if shutdown is not None:
+            _watched.add("celery")
+            shutdown.connect(_flush_on_signal, weak=False, dispatch_uid="conveyor.lifecycle")
     for name in ("multiprocessing.util", "billiard.util"):
         if name in _watched:
             continue

@@ -29,6 +29,9 @@ called from any thread. Failures back off exponentially (0.05 s doubling to 5 s,
 jitter, reset by a delivered packet): meanwhile ``send()`` fails at once with reason
 ``"backing_off"``, without a syscall. Names are resolved on the first ``send()``, never
 at construction, and again after a failure.
+
+:class:`HTTPTransport` is the odd one out: it sends batches of JSON items over HTTP
+for :class:`conveyor.Dispatcher` (urllib3, imported on first use: ``conveyor[http]``).
 """
 
 from ._base import Transport
@@ -39,6 +42,7 @@ from ._datagram import (
     UnixDatagramTransport,
 )
 from ._errors import REASONS, Reason, TransportError
+from ._http import HTTPResponse, HTTPTransport
 from ._stats import TransportStatistics
 from ._stream import TCPTransport, UnixStreamTransport
 from ._url import DEFAULT_PORT, transport_from_url
@@ -48,6 +52,8 @@ __all__ = [
     "DEFAULT_UDP_PACKET_SIZE",
     "DEFAULT_UNIX_PACKET_SIZE",
     "REASONS",
+    "HTTPResponse",
+    "HTTPTransport",
     "Reason",
     "TCPTransport",
     "Transport",
