@@ -36,6 +36,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "--capacity", type=_power_of_two, default=1024, help="ring capacity (power of 2)"
     )
     demo.add_argument("--workers", type=int, default=3, help="threads in the worker pool")
+    agent = commands.add_parser(
+        "agent",
+        help="receive DogStatsD, aggregate, export (stdout, Prometheus, JSON lines, upstream)",
+        description=(
+            "Receive DogStatsD from application processes, aggregate per flush interval and "
+            "export. With no options: UDP on 127.0.0.1:8125, readable output on stdout and "
+            "Prometheus /metrics on 127.0.0.1:9102. SIGINT or SIGTERM stops it after a final "
+            "flush."
+        ),
+    )
+    from conveyor._cli._agent import add_arguments
+
+    add_arguments(agent)
     return parser
 
 
@@ -46,4 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conveyor._cli._demo import run_demo
 
         return run_demo(events=args.events, capacity=args.capacity, workers=args.workers)
+    if args.command == "agent":
+        from conveyor._cli._agent import run_agent
+
+        return run_agent(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse enforces choices

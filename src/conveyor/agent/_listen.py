@@ -81,6 +81,7 @@ DEFAULT_RECEIVE_BUFFER = 8 * 1024 * 1024
 DEFAULT_MAX_DATAGRAM = 65536
 DEFAULT_SOCKET_MODE = 0o600
 #: Reads per wake-up before the reader looks at its stop socket again.
+_DRAIN_AT_CLOSE = 1 << 20  # bounded: a receive buffer holds far fewer datagrams
 _READS_PER_WAKE = 256
 _TRUNC_FLAG: int = getattr(socket, "MSG_TRUNC", 0)
 
@@ -386,9 +387,10 @@ class _DatagramListener(Listener):
         flags = _TRUNC_FLAG if self.kind == "unixgram" else 0
         try:
             while True:
-                if any(fd == stop for fd, _ in poller.poll()):
-                    return
-                for _ in range(_READS_PER_WAKE):
+                # At close, first read what the kernel already holds: datagrams sent
+                # before the agent was told to stop must reach the final flush.
+                stopping = any(fd == stop for fd, _ in poller.poll())
+                for _ in range(_DRAIN_AT_CLOSE if stopping else _READS_PER_WAKE):
                     try:
                         n = sock.recv_into(buffer, size, flags)
                     except (BlockingIOError, InterruptedError):
@@ -409,6 +411,8 @@ class _DatagramListener(Listener):
                     except Exception as error:
                         self._sink_errors += 1
                         self._log.note("sink", f"the packet sink raised {error!r}")
+                if stopping:
+                    return
         except Exception:
             log.exception("%s: the reader thread failed", self.kind)
 
