@@ -101,7 +101,9 @@ def test_bad_lines_are_counted_and_the_rest_of_the_packet_still_counts(
     agent: tuple[AgentServer, Path, PrometheusBackend],
 ) -> None:
     server = agent[0]
-    host, port = server.listeners[0].address  # type: ignore[misc]
+    address = server.listeners[0].address
+    assert isinstance(address, tuple)
+    host, port = address
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         sender.sendto(b"good:1|c\nbad:x|c\n\xff\xfe:1|c\nunknown:1|zz\ngood:2|c", (host, port))
     snapshots = _until(server, lambda s: _counter_total(s, "good") >= 3)
@@ -183,7 +185,9 @@ def test_close_reads_what_the_kernel_already_holds() -> None:
 
     listener = listen("udp://127.0.0.1:0", sink)
     listener.start()
-    host, port = listener.address  # type: ignore[misc]
+    address = listener.address
+    assert isinstance(address, tuple)
+    host, port = address
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         for i in range(2000):  # more than one wake's worth of reads
             sender.sendto(b"x:%d|c" % i, (host, port))
