@@ -348,3 +348,19 @@ def test_a_unix_stream_client_reconnects_when_its_server_restarts(tmp_path: Path
     stats = client.statistics()
     assert stats.recorded == stats.sent + stats.dropped_total  # retries' losses counted
     client.close()
+
+
+def test_long_packed_lines_are_split_not_dropped(udp_receiver: DatagramReceiver) -> None:
+    # 64 full-precision latencies with tags make a line longer than a UDP packet.
+    client = Client(url=udp_receiver.url, max_samples_per_context=64)  # type: ignore[attr-defined]
+    values = [i / 7_000_003 for i in range(1, 101)]
+    for value in values:
+        client.histogram("req.latency", value, tags=["route:/api/orders", "method:post"])
+    assert client.flush(timeout=10)
+    stats = client.statistics()
+    assert stats.sent == 100 and stats.dropped_total == 0
+    received = udp_receiver.take()
+    key = ("h", "req.latency", ("method:post", "route:/api/orders"))
+    assert len(received.samples[key]) == 64  # every kept sample arrived, over several lines
+    assert received.sample_counts[key] == pytest.approx(100)
+    assert max(len(packet) for packet in received.packets) <= 1432

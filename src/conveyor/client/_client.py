@@ -118,7 +118,9 @@ class Client:
             transport = transport_from_url(destination.url, max_packet_size=max_packet_size)
         self._transport = transport
         constant = normalize_tags(tags if tags is not None else constant_tags) or ()
-        self._encoder = Encoder(namespace, (*constant, *environment_tags()))
+        self._encoder = Encoder(
+            namespace, (*constant, *environment_tags()), transport.max_packet_size - 1
+        )
         self._names: set[str] = set()  # names already checked (bounded)
         self._overflow = overflow
         self._block_timeout = block_timeout

@@ -30,11 +30,14 @@ def check_name(metric: str) -> None:
 class Encoder:
     """Encodes one context or call as DogStatsD lines, with namespace and constant tags."""
 
-    __slots__ = ("_constant_text", "_prefix", "constant_tags")
+    __slots__ = ("_constant_text", "_max_line", "_prefix", "constant_tags")
 
-    def __init__(self, namespace: str | None, constant_tags: tuple[str, ...]) -> None:
+    def __init__(
+        self, namespace: str | None, constant_tags: tuple[str, ...], max_line: int
+    ) -> None:
         if namespace:
             check_name(namespace)
+        self._max_line = max_line  # a packet's size, less the line's newline
         self._prefix = f"{namespace}." if namespace else ""
         self.constant_tags = constant_tags
         self._constant_text = encode_tags(constant_tags)
@@ -47,8 +50,9 @@ class Encoder:
         rate: float,
         tags: tuple[str, ...] | None,
     ) -> Iterator[bytes | WireError]:
-        """The lines for one context: one line with every value packed, or, for a set,
-        one line per member (members cannot be packed)."""
+        """The lines for one context: its values packed on as few lines as fit a
+        packet (the sample rate applies to each value, so splitting keeps counts
+        exact), or, for a set, one line per member (members cannot be packed)."""
         tag_text = encode_tags(tags) if tags else ""
         if self._constant_text:
             tag_text = f"{tag_text},{self._constant_text}" if tag_text else self._constant_text
@@ -58,6 +62,17 @@ class Encoder:
                 for member in values:
                     yield encode_metric(name, "s", member, sample_rate=rate, tags=tag_text)
             else:
-                yield encode_metric(name, type_, values, sample_rate=rate, tags=tag_text)  # type: ignore[arg-type]
+                yield from self._packed(name, type_, tuple(values), rate, tag_text)  # type: ignore[arg-type]
         except ProtocolError as error:
             yield WireError(str(error))
+
+    def _packed(
+        self, name: str, type_: str, values: tuple[float, ...], rate: float, tag_text: str
+    ) -> Iterator[bytes]:
+        line = encode_metric(name, type_, values, sample_rate=rate, tags=tag_text)  # type: ignore[arg-type]
+        if len(line) <= self._max_line or len(values) == 1:
+            yield line  # a single value too long for a packet is the packer's to refuse
+            return
+        half = len(values) // 2
+        yield from self._packed(name, type_, values[:half], rate, tag_text)
+        yield from self._packed(name, type_, values[half:], rate, tag_text)
