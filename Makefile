@@ -57,6 +57,7 @@ bench: venv
 	$(PY) bench/client/interference.py
 	$(PY) bench/client/queue_choice.py
 	$(PY) bench/delivery/delivery.py
+	$(PY) bench/agent/models.py
 
 clean:
 	rm -rf $(VENV) $(NEWEST_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,280 @@
+"""Interference: p50/p99/p99.9 latency of a ~200 us pure-Python request that records 5
+metrics, against the same loop with no metrics.
+
+A request is a pure-Python loop calibrated at start-up to take about 200 us, then five
+calls on the client: a counter with two tags, a histogram of the request's latency, a
+gauge, a second counter (other tags) and a timing (statsd: incr/timing/gauge/incr/timing
+without tags; OTel: Counter.add/Histogram.record/Gauge.set/...; prometheus_client:
+``labels(...).inc()/observe()/set()``). Requests run back to back in the main thread; the
+latency of each (work + metrics) is taken with ``perf_counter``, so it includes any time
+the client's own threads hold the GIL. The baseline ("no metrics") is the same loop
+without the five calls.
+
+Each round runs every client once, in an order rotated each round, as one block of
+``--requests`` requests on a client created fresh for the block (plus untimed warm-up
+requests that start its threads) and closed after it, so that no client's background
+threads run during another's block. Every client block is preceded by its own
+no-metrics block, its baseline: the machine is shared and its speed drifts over
+seconds, so a block is compared only with the baseline measured just before it.
+Percentiles are taken per block; cells give the median [min-max] over the rounds.
+
+The machine is shared, so a request can also be slow because the OS preempted the
+thread for another process. After every request (outside the timed region) the
+thread's involuntary context switches are read (``getrusage(RUSAGE_THREAD)``); the
+second table repeats the percentiles over the requests during which the thread was not
+preempted. Waiting for the GIL is a *voluntary* switch, so interference by a client's
+own threads stays in that view.
+
+Run ``bench/client/interference.py --help``; ``--quick`` is a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from _harness import (
+    ALL_PEERS,
+    PEER_LABELS,
+    Receiver,
+    freeze_heap,
+    header,
+    make_peer,
+    verdict,
+)
+
+from _stats import percentile, ratios, summarize, table
+
+QUANTILES = (("p50", 0.50), ("p99", 0.99), ("p99.9", 0.999))
+
+
+def work(k: int) -> int:
+    """The request's pure-Python part."""
+    acc = 0
+    for i in range(k):
+        acc = (acc * 31 + i) & 0xFFFF
+    return acc
+
+
+def calibrate(target: float) -> int:
+    """``k`` such that ``work(k)`` takes about ``target`` seconds (best of a few)."""
+    k = 1000
+    best = min(_time(k) for _ in range(5))
+    k = int(k * target / best)
+    best = min(_time(k) for _ in range(20))
+    return max(1, int(k * target / best))
+
+
+def _time(k: int) -> float:
+    t0 = time.perf_counter()
+    work(k)
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Block:
+    """One block's latencies (seconds) and which requests the OS preempted."""
+
+    lat: list[float]
+    preempted: list[bool]
+
+    def quantiles(self, clean: bool) -> dict[str, float]:
+        data = sorted(x for x, p in zip(self.lat, self.preempted, strict=True) if not (clean and p))
+        return {name: percentile(data, q) for name, q in QUANTILES}
+
+
+@dataclass
+class Series:
+    key: str
+    blocks: list[Block] = field(default_factory=list)
+    baselines: list[Block] = field(default_factory=list)  # the no-metrics block before each
+    drops: set[str] = field(default_factory=set)  # what the client counted as dropped
+
+
+def run_block(
+    k: int, n: int, warm: int, record: Callable[[float], None] | None
+) -> tuple[list[float], list[bool]]:
+    lat = [0.0] * n
+    pre = [False] * n
+    clock = time.perf_counter
+    usage = resource.getrusage
+    who = resource.RUSAGE_THREAD
+    if record is None:
+        for _ in range(warm):
+            work(k)
+        last = usage(who).ru_nivcsw
+        for i in range(n):
+            t0 = clock()
+            work(k)
+            lat[i] = clock() - t0
+            now = usage(who).ru_nivcsw
+            pre[i] = now != last
+            last = now
+    else:
+        for _ in range(warm):
+            t0 = clock()
+            work(k)
+            record(clock() - t0)
+        last = usage(who).ru_nivcsw
+        for i in range(n):
+            t0 = clock()
+            work(k)
+            record(clock() - t0)
+            lat[i] = clock() - t0
+            now = usage(who).ru_nivcsw
+            pre[i] = now != last
+            last = now
+    return lat, pre
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="repeats (default 3)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=10_000,
+        help="timed requests per block (default 10,000: about 2 s, so that a block spans a "
+        "flush interval of every client)",
+    )
+    parser.add_argument(
+        "--work-us", type=float, default=200.0, help="request work in us (default 200)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 300 requests")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.requests = 1, 300
+    warm = max(50, args.requests // 10)
+
+    print(header("Client interference", ["bench/client/interference.py", *argv]))
+    k = calibrate(args.work_us * 1e-6)
+    keys = list(ALL_PEERS)
+    series = {key: Series(key) for key in keys}
+    for key in keys:  # import every client library before the heap is frozen
+        make_peer(key, 9).close()
+    freeze_heap()
+    with Receiver() as receiver:
+        for r in range(args.rounds):
+            shift = r % len(keys)
+            for key in keys[shift:] + keys[:shift]:
+                # The no-metrics block right before each client's block is that block's
+                # baseline: the machine is shared, and its speed drifts between blocks.
+                gc.collect()
+                lat, pre = run_block(k, args.requests, warm, None)
+                series[key].baselines.append(Block(lat, pre))
+                peer = make_peer(key, receiver.port)
+                record = peer.recorder()
+                gc.collect()
+                lat, pre = run_block(k, args.requests, warm, record)
+                series[key].blocks.append(Block(lat, pre))
+                peer.close()
+                series[key].drops.add(peer.dropped())
+                receiver.discard()
+            print(f"# round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    report(series, k, args.rounds, args.requests, warm)
+    return 0
+
+
+def report(series: dict[str, Series], k: int, rounds: int, requests: int, warm: int) -> None:
+    keys = list(series)
+    all_base = [b for s in series.values() for b in s.baselines]
+    mean_base = sum(sum(b.lat) / len(b.lat) for b in all_base) / len(all_base)
+    print(
+        f"Request: `work({k})` (mean {mean_base * 1e6:.0f} us without metrics) + 5 metric "
+        f"calls. Rounds: {rounds}; {requests:,} timed requests per block (+{warm} untimed "
+        "warm-up); every client block is preceded by its own no-metrics block. Cells: us, "
+        "median [min-max] over the rounds of each block's percentile; *vs none*: that "
+        "percentile / the one of the no-metrics block just before it (same round)."
+    )
+    print()
+
+    def over(key: str, name: str, clean: bool) -> list[float]:
+        s = series[key]
+        return ratios(
+            [b.quantiles(clean)[name] for b in s.blocks],
+            [b.quantiles(clean)[name] for b in s.baselines],
+        )
+
+    for clean in (False, True):
+        print(
+            "Requests the OS did not preempt (no involuntary context switch):"
+            if clean
+            else "All requests:"
+        )
+        print()
+        bq = [b.quantiles(clean) for b in all_base]
+        base_preempted = sum(sum(b.preempted) for b in all_base) / sum(len(b.lat) for b in all_base)
+        rows = [
+            ["no metrics (every baseline block)"]
+            + [summarize([q[name] for q in bq]).fmt(1, 1e6) for name, _ in QUANTILES]
+            + ["1", "1", "1", f"{base_preempted:.1%}", "-"]
+        ]
+        for key in keys:
+            blocks = series[key].blocks
+            qs = [b.quantiles(clean) for b in blocks]
+            cells = [PEER_LABELS[key]]
+            for name, _ in QUANTILES:
+                cells.append(summarize([q[name] for q in qs]).fmt(1, 1e6))
+            for name, _ in QUANTILES:
+                cells.append(summarize(over(key, name, clean)).fmt(3))
+            excluded = sum(sum(b.preempted) for b in blocks)
+            total = sum(len(b.lat) for b in blocks)
+            cells.append(f"{excluded / total:.1%}")
+            cells.append("; ".join(sorted(d for d in series[key].drops if d)) or "-")
+            rows.append(cells)
+        print(
+            table(
+                [
+                    "client",
+                    "p50 (us)",
+                    "p99 (us)",
+                    "p99.9 (us)",
+                    "p50 vs none",
+                    "p99 vs none",
+                    "p99.9 vs none",
+                    "preempted",
+                    "client-counted drops",
+                ],
+                rows,
+            )
+        )
+        print()
+
+    print(
+        "Targets (p99, judged on the median over rounds; 'below every peer' compares the "
+        "p99-vs-none ratios, each against its own baseline, round by round):"
+    )
+    print()
+    rows = []
+    for clean in (False, True):
+        view = "not preempted" if clean else "all requests"
+        conv = over("conveyor", "p99", clean)
+        s = summarize(conv)
+        rows.append(
+            [
+                f"conveyor p99 / no-metrics p99 ({view})",
+                s.fmt(3),
+                "<= 1.05",
+                verdict(s.median, "<= 1.05"),
+            ]
+        )
+        for key in keys[1:]:
+            vs = summarize(ratios(conv, over(key, "p99", clean)))
+            rows.append(
+                [
+                    f"conveyor (p99 vs none) / {PEER_LABELS[key]} (p99 vs none) ({view})",
+                    vs.fmt(3),
+                    "< 1",
+                    "met" if vs.median < 1 else "NOT met",
+                ]
+            )
+    print(table(["measure", "median [min-max]", "target", "as measured"], rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
