@@ -11,10 +11,11 @@ NEWEST_VENV   ?= .venv-newest
 
 all: test
 
+# The bench extra too: mypy checks the benchmarks against the peers they import.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -47,9 +48,7 @@ test: lint typecheck unit test-newest
 demo: venv
 	$(PY) -m conveyor demo
 
-# The client benchmarks compare conveyor with its peers: the [bench] extra installs them.
 bench: venv
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) bench/ring/pipeline.py
 	$(PY) bench/ring/handoff.py
 	$(PY) bench/client/hot_path.py

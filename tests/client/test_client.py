@@ -225,10 +225,11 @@ def test_timed_context_manager_decorator_and_coroutine(udp_receiver: DatagramRec
 
 
 def test_without_threads_the_callers_do_the_work(udp_receiver: DatagramReceiver) -> None:
+    before = set(threading.enumerate())
     client = Client(url=udp_receiver.url, threaded=False, batch=100)  # type: ignore[attr-defined]
     for _ in range(1000):
         client.increment("inline")
-    assert not any(t.name == "conveyor-sender" for t in threading.enumerate())
+    assert set(threading.enumerate()) <= before  # this client started no thread
     assert client.flush(timeout=10)
     assert udp_receiver.take().counts[("inline", ())] == 1000
     assert not client.statistics().sender_running
@@ -246,7 +247,7 @@ def test_close_flushes_and_later_calls_are_counted_as_dropped(
     stats = client.statistics()
     assert stats.dropped["closed"] == 1
     assert stats.recorded == stats.sent + stats.dropped_total
-    assert not any(t.name == "conveyor-sender" for t in threading.enumerate())
+    assert not stats.sender_running  # close() joined this client's sender thread
 
 
 def test_context_limit_is_counted() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -301,34 +300,79 @@ def test_two_hundred_forks_while_four_threads_record(receiver: Receiver) -> None
     client.close()
 
 
+# A fork made in C runs no Python hook at all, CPython's own included: its GIL and
+# threading state are not reset, so forking so while other Python threads run can
+# deadlock the child inside CPython whatever conveyor does (uWSGI's py-call-osafterfork
+# exists for that). These tests therefore fork in C from a fresh, single-threaded
+# interpreter. PyDLL keeps the GIL across the call, as a C server's fork does.
+_RAW_FORK = """
+import ctypes, os, sys
+raw_fork = ctypes.PyDLL(None).fork
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_kernel_zeroes_the_fork_gate_in_a_child_forked_in_c(tmp_path: Path) -> None:
+    script = tmp_path / "gate.py"
+    script.write_text(
+        _RAW_FORK
+        + textwrap.dedent(
+            """
+            from conveyor.lifecycle import ForkGate
+            gate = ForkGate()
+            assert gate.wiped_by_kernel, "MADV_WIPEONFORK unavailable"
+            gate.cell[0] = 12345
+            pid = raw_fork()
+            if pid == 0:
+                os._exit(0 if gate.cell[0] == 0 else 3)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+            assert gate.cell[0] == 12345  # the parent's page is untouched
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=50
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.timeout(60)
 def test_a_fork_made_in_c_without_python_hooks_is_noticed_on_the_next_call(
-    receiver: Receiver,
+    receiver: Receiver, tmp_path: Path
 ) -> None:
-    # uWSGI forks in C and runs no Python fork hook: PyDLL keeps the GIL across the
-    # call (ctypes.CDLL would release it), as a C server's fork does.
-    client = Client(url=receiver.url, flush_interval=3600)
-    client.increment("parent.pending", 4)
-    client.gauge("warmup", 1)  # the sender is running in the parent
-    libc_fork = ctypes.PyDLL(None).fork
-    pid = libc_fork()
-    if pid == 0:
-        code = 1
-        try:
-            client.increment("c.child", 6)
-            flushed = client.flush(timeout=10)
-            # CPython's threading state was not reset: no thread may be started here.
-            no_thread = not client.statistics().sender_running
-            code = 0 if flushed and no_thread else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert client.flush(timeout=10)
+    script = tmp_path / "cfork.py"
+    script.write_text(
+        _RAW_FORK
+        + textwrap.dedent(
+            f"""
+            from conveyor import Client
+            client = Client(url="{receiver.url}", threaded=False, flush_interval=3600)
+            client.increment("parent.pending", 4)  # held in the parent at the fork
+            pid = raw_fork()
+            if pid == 0:
+                code = 1
+                try:
+                    client.increment("c.child", 6)
+                    flushed = client.flush(timeout=10)
+                    # CPython's threading state was not reset: no thread may start here.
+                    no_thread = not client.statistics().sender_running
+                    code = 0 if flushed and no_thread else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+            assert client.flush(timeout=10)
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=50
+    )
+    assert result.returncode == 0, result.stderr
     counts = receiver.take()
     assert counts[("parent.pending", ())] == 4  # once: the child did not send it again
     assert counts[("c.child", ())] == 6
-    client.close()
 
 
 def _pool_task(n: int) -> int:

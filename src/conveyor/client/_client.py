@@ -134,7 +134,8 @@ class Client:
         self._pressure_lock = threading.Lock()
         self._queue_drops = dict.fromkeys(DROP_REASONS, 0)
         self._closed = False
-        self._yield_at = max_queue // 2
+        self._wake_at = max(1, max_queue // 4)  # wake the sender early from here
+        self._yield_at = max(self._wake_at, max_queue // 2)
         self._inline_due = 0.0
         self._sender_options = {
             "aggregate": aggregate,
@@ -152,7 +153,7 @@ class Client:
         lifecycle.join(self)
 
     def _new_sender(self) -> Sender:
-        return Sender(
+        sender = Sender(
             queue=self._queue,
             increments=self._increments,
             transport=self._transport,
@@ -160,6 +161,13 @@ class Client:
             tick=0.1,
             **self._sender_options,  # type: ignore[arg-type]
         )
+        sender.on_wake = self._lower_gate
+        return sender
+
+    def _lower_gate(self) -> None:
+        """Called by the sender each time it runs: wake it early again from a quarter."""
+        if self._gate[0] == self._yield_at and not self._closed:
+            self._gate[0] = self._wake_at
 
     # -- metrics: the hot path ----------------------------------------------------------
 
@@ -382,6 +390,10 @@ class Client:
         sender = self._sender
         if not sender.woken:
             sender.woken = True
+            # Until the sender runs (up to a switch interval under the GIL), further
+            # calls need not come here before the half-full mark, where callers yield.
+            if self._gate[0] == self._wake_at:
+                self._gate[0] = self._yield_at
             sender.wakeup.set()
         if depth > self._yield_at:
             # Overloaded: give the GIL away once so the sender gets a turn (under the
@@ -439,7 +451,7 @@ class Client:
         if self._threaded:
             if not self._sender.running:
                 self._sender.start()
-            self._gate[0] = max(1, self._max_queue // 4)
+            self._gate[0] = self._wake_at
         else:
             self._gate[0] = 1  # every call checks the batch size and the clock
 
@@ -466,6 +478,7 @@ class Client:
             self._queue_drops["closed"] += leftover
         lifecycle.release(self)
         self._sender.join(timeout)
+        self._gate[0] = 0  # again: a last _lower_gate() may have raced with the close
         return ok
 
     def _rendezvous(self, kind: str, timeout: float | None) -> bool:
@@ -559,19 +572,23 @@ class Client:
 class BoundCounter:
     """A counter bound to one name and tag set: the cheapest call the client offers."""
 
-    __slots__ = ("_client", "_key", "_queue")
+    __slots__ = ("_client", "_gate", "_key", "_queue")
 
     def __init__(self, client: Client, metric: str, tags: tuple[str, ...] | None) -> None:
         self._client = client
         self._key: Key = (metric, tags)
+        # The client's deque (cleared in place after a fork, never replaced) and its
+        # fork gate (the same memory for the client's life), held directly: one
+        # attribute read each instead of two.
         self._queue = client._increments
+        self._gate = client._gate
 
     def increment(self, value: float = 1) -> None:
         """Add ``value`` (default 1)."""
-        if value == 1 and value.__class__ is int:
+        if value is _ONE:
             queue = self._queue
             queue.append(self._key)
-            if len(queue) >= self._client._gate[0]:
+            if len(queue) >= self._gate[0]:
                 self._client._pressure(queue)
         else:
             self._client.count(self._key[0], value, self._key[1])

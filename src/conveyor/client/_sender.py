@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,7 @@ class Sender:
         self._log = _RateLimitedLog()
         self.wakeup = threading.Event()
         self.woken = False  # a caller set `wakeup` and the sender has not run since
+        self.on_wake: Callable[[], None] = lambda: None  # the client lowers its gate
         self.space = threading.Condition(threading.Lock())  # callers blocked on a full queue
         self.blocked = 0
         self._thread: threading.Thread | None = None
@@ -128,6 +129,7 @@ class Sender:
             self.wakeup.wait(self._tick)
             self.wakeup.clear()
             self.woken = False
+            self.on_wake()
             try:
                 self.work()
             except Exception:  # the sender must survive anything; say so once a minute
