@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from conveyor._ratelimit import RateLimitedLog
 from conveyor.protocol import Event, ParseResult, ServiceCheck
 
 from ._series import (
@@ -78,27 +79,6 @@ TELEMETRY_PREFIX = "conveyor.agent."
 DROP_REASONS = ("max_contexts", "no_value")
 """Why :meth:`Aggregator.ingest` drops a metric: its context would exceed
 ``max_contexts``; a set line without a member (a hand-built Metric)."""
-
-
-class _RateLimitedLog:
-    """At most one line per reason per ``interval`` seconds, with a count of the ones
-    held back: a misbehaving client must not flood the agent's log."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-
-    def warning(self, reason: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is not None and now - last < self._interval:
-            self._held[reason] += 1
-            return
-        held = self._held.pop(reason, 0)
-        self._last[reason] = now
-        suffix = f" ({held} similar messages suppressed)" if held else ""
-        log.warning(message + suffix, *args)
 
 
 class _Sampled:
@@ -197,7 +177,7 @@ class Aggregator:
         self._telemetry_tags = tuple(sorted(telemetry_tags))
         self._clock = clock
         self._random = random.Random()
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
         self._new_interval()
         # Dialect gauges: the value deltas apply to, across intervals (LRU order).
         self._gauge_memory: dict[Key, float] = {}

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, runtime_checkable
 
+from conveyor._ratelimit import RateLimitedLog
 from conveyor.protocol import (
     Event,
     Packer,
@@ -51,26 +52,6 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release files, sockets and threads; called once, after the final emit."""
-
-
-class _RateLimitedLog:
-    """At most one line per reason per minute, with a count of the ones held back."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-
-    def warning(self, reason: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is not None and now - last < self._interval:
-            self._held[reason] += 1
-            return
-        held = self._held.pop(reason, 0)
-        self._last[reason] = now
-        suffix = f" ({held} similar messages suppressed)" if held else ""
-        log.warning(message + suffix, *args)
 
 
 @dataclass(frozen=True)
@@ -119,7 +100,7 @@ class StdoutBackend:
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self._stream = stream
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
         self._emits = 0
         self._written = 0
         self._errors: Counter[str] = Counter()
@@ -215,7 +196,7 @@ class JsonLinesBackend:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = os.fspath(path)
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
         self._emits = 0
         self._written = 0
         self._errors: Counter[str] = Counter()
@@ -523,7 +504,7 @@ class StatsdForwarder:
         self._packer = Packer(self._transport.max_packet_size)
         self._distribution_values = max(1, distribution_values)
         self._dialect = statsd_dialect
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
         self._emits = 0
         self._written = 0
         self._errors: Counter[str] = Counter()

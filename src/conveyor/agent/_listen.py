@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from conveyor._ratelimit import RateLimitedLog
+
 from ._listen_framing import DEFAULT_MAX_FRAME, Framer, LengthFramer, LineFramer
 from ._models import (
     DEFAULT_IDLE_TIMEOUT,
@@ -52,7 +54,6 @@ from ._models import (
     PacketSink,
     StreamBooks,
     StreamConfig,
-    _RateLimitedLog,
     log,
     model_class,
 )
@@ -138,7 +139,7 @@ class Listener:
         self._sock: socket.socket | None = None
         self._state = "new"  # "new" -> "running" -> "closed"
         self._lock = threading.Lock()
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
 
     @property
     def address(self) -> Address:
@@ -308,15 +309,15 @@ def kernel_drops(sock: socket.socket) -> int | None:
     return None
 
 
-def _granted_receive_buffer(sock: socket.socket, wanted: int | None, log: _RateLimitedLog) -> int:
+def _granted_receive_buffer(sock: socket.socket, wanted: int | None, notes: RateLimitedLog) -> int:
     if wanted is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
         except OSError as error:
-            log.note("rcvbuf", f"could not set SO_RCVBUF to {wanted}: {error}")
+            notes.warning("rcvbuf", f"could not set SO_RCVBUF to {wanted}: {error}")
     granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     if wanted is not None and granted < wanted:
-        log.note(
+        notes.warning(
             "rcvbuf",
             f"the kernel granted a {granted}-byte receive buffer instead of {wanted}: "
             "raise net.core.rmem_max to absorb bursts without drops",
@@ -396,11 +397,11 @@ class _DatagramListener(Listener):
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError as error:
-                        self._log.note("recv", f"{self.kind}: recv failed: {error}")
+                        self._log.warning("recv", f"{self.kind}: recv failed: {error}")
                         break
                     if n > size:
                         self._too_large += 1
-                        self._log.note(
+                        self._log.warning(
                             "too_large", f"{self.kind}: dropped a {n}-byte datagram (> {size})"
                         )
                         continue
@@ -410,7 +411,7 @@ class _DatagramListener(Listener):
                         sink(bytes(view[:n]))
                     except Exception as error:
                         self._sink_errors += 1
-                        self._log.note("sink", f"the packet sink raised {error!r}")
+                        self._log.warning("sink", f"the packet sink raised {error!r}")
                 if stopping:
                     return
         except Exception:

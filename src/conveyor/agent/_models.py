@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from conveyor._ratelimit import RateLimitedLog
 from conveyor.ring import AlertedError, BlockingWait, RingQueue, SCSequence, SPSequence
 
 from ._listen_framing import Framer, FramingError
@@ -78,29 +79,6 @@ JOIN_TIMEOUT = 10.0
 _PAUSED_POLL = 0.002
 
 
-class _RateLimitedLog:
-    """At most one log line per reason per ``interval`` seconds, with a count of the
-    ones held back: a client sending garbage must not flood the agent's log."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def note(self, reason: str, message: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(reason)
-            if last is not None and now - last < self._interval:
-                self._held[reason] += 1
-                return
-            held = self._held.pop(reason, 0)
-            self._last[reason] = now
-        suffix = f" ({held} similar messages suppressed)" if held else ""
-        log.warning("%s%s", message, suffix)
-
-
 @dataclass(frozen=True)
 class StreamConfig:
     """What every model needs to know; made by the stream listener."""
@@ -126,8 +104,8 @@ class Connection:
         "failed",
         "framer",
         "last_active",
-        "log",
         "name",
+        "notes",
         "packets",
         "sink",
         "sink_errors",
@@ -135,12 +113,12 @@ class Connection:
         "sock_closed",
     )
 
-    def __init__(self, sock: socket.socket, config: StreamConfig, log: _RateLimitedLog) -> None:
+    def __init__(self, sock: socket.socket, config: StreamConfig, notes: RateLimitedLog) -> None:
         self.sock = sock
         self.framer = config.new_framer()
         self.sink = config.sink
         self.name = config.name
-        self.log = log
+        self.notes = notes
         self.packets = 0
         self.bytes = 0
         self.sink_errors = 0
@@ -160,7 +138,7 @@ class Connection:
         except FramingError as error:
             self._sink(error.packets)  # the frames before the bad one are good
             self.failed = error.reason
-            self.log.note(error.reason, f"{self.name}: closing a connection: {error}")
+            self.notes.warning(error.reason, f"{self.name}: closing a connection: {error}")
             return False
         self._sink(packets)
         return True
@@ -172,7 +150,7 @@ class Connection:
                 sink(packet)
             except Exception as error:
                 self.sink_errors += 1
-                self.log.note("sink", f"the packet sink raised {error!r}; packet lost")
+                self.notes.warning("sink", f"the packet sink raised {error!r}; packet lost")
         self.packets += len(packets)
 
     def shutdown(self) -> None:
@@ -247,7 +225,7 @@ class StreamBooks:
 
 
 def _accept(
-    listening: socket.socket, books: StreamBooks, config: StreamConfig, log: _RateLimitedLog
+    listening: socket.socket, books: StreamBooks, config: StreamConfig, notes: RateLimitedLog
 ) -> list[socket.socket]:
     """Every pending connection that is under the cap; the others are closed, counted."""
     accepted: list[socket.socket] = []
@@ -257,12 +235,12 @@ def _accept(
         except (BlockingIOError, InterruptedError):
             return accepted
         except OSError as error:  # EMFILE and friends: try again on the next event
-            log.note("accept", f"{config.name}: accept() failed: {error}")
+            notes.warning("accept", f"{config.name}: accept() failed: {error}")
             return accepted
         if books.admit(config.max_connections):
             accepted.append(sock)
         else:
-            log.note(
+            notes.warning(
                 "refused",
                 f"{config.name}: refused a connection: {config.max_connections} are open",
             )
@@ -278,7 +256,7 @@ class Model:
         self._listening = listening
         self._config = config
         self._books = books
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
         self._stop_r, self._stop_w = socket.socketpair()
         self._stop_r.setblocking(False)
         self._main: threading.Thread | None = None
@@ -426,8 +404,8 @@ class _Chunk:
 class _RingConnection(Connection):
     __slots__ = ("pub", "ring", "sub", "thread", "wait")
 
-    def __init__(self, sock: socket.socket, config: StreamConfig, log: _RateLimitedLog) -> None:
-        super().__init__(sock, config, log)
+    def __init__(self, sock: socket.socket, config: StreamConfig, notes: RateLimitedLog) -> None:
+        super().__init__(sock, config, notes)
         self.ring: RingQueue[_Chunk] = RingQueue(_Chunk, HANDOFF_SLOTS)
         self.wait = BlockingWait()
         self.pub = SPSequence(HANDOFF_SLOTS)
@@ -510,8 +488,8 @@ class SharedLoop(_LoopModel):
 class _EventConnection(Connection):
     __slots__ = ("finished", "mutex", "outstanding", "pending", "turn")
 
-    def __init__(self, sock: socket.socket, config: StreamConfig, log: _RateLimitedLog) -> None:
-        super().__init__(sock, config, log)
+    def __init__(self, sock: socket.socket, config: StreamConfig, notes: RateLimitedLog) -> None:
+        super().__init__(sock, config, notes)
         self.pending: deque[bytes] = deque()
         self.mutex = threading.Lock()  # guards pending, outstanding, finished
         self.turn = threading.Lock()  # held while one event thread frames and sinks

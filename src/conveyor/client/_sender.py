@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor._ratelimit import RateLimitedLog
 from conveyor.protocol import OversizedLineError, Packer
 from conveyor.transport import Transport, TransportError
 
@@ -46,27 +47,6 @@ class _Control:
     kind: str  # "flush" or "close"
     done: threading.Event
     ok: bool = False
-
-
-class _RateLimitedLog:
-    """At most one log line per reason per ``interval`` seconds, with a count of the
-    ones held back, so a dead destination cannot flood an application's logs."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-
-    def warning(self, reason: str, message: str) -> None:
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is not None and now - last < self._interval:
-            self._held[reason] += 1
-            return
-        held = self._held.pop(reason, 0)
-        self._last[reason] = now
-        suffix = f" ({held} similar messages suppressed)" if held else ""
-        log.warning("%s%s", message, suffix)
 
 
 class Sender:
@@ -96,7 +76,7 @@ class Sender:
         self._aggregator = Aggregator(max_samples, max_contexts)
         self._packer = Packer(transport.max_packet_size)
         self._packed_items = 0  # recorded items inside the packer's pending datagram
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
         self.wakeup = threading.Event()
         self.woken = False  # a caller set `wakeup` and the sender has not run since
         self.on_wake: Callable[[], None] = lambda: None  # the client lowers its gate

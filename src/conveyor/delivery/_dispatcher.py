@@ -37,12 +37,13 @@ import os
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal
 
 from conveyor import lifecycle
+from conveyor._ratelimit import RateLimitedLog
 from conveyor.ring import (
     AlertedError,
     MCSequence,
@@ -95,26 +96,6 @@ class _Envelope:
         self.row = row
         self.first = -1.0  # clock time of the first attempt
         self.attempts = 0
-
-
-class _RateLimitedLog:
-    """At most one line per reason per minute, with a count of the ones held back:
-    a dead endpoint must not flood the application's logs."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-
-    def warning(self, reason: str, message: str) -> None:
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is not None and now - last < self._interval:
-            self._held[reason] += 1
-            return
-        held = self._held.pop(reason, 0)
-        self._last[reason] = now
-        log.warning("%s%s", message, f" ({held} similar messages suppressed)" if held else "")
 
 
 def _power_of_two(n: int) -> int:
@@ -208,7 +189,7 @@ class Dispatcher:
         self._clock = clock
         self._wall_clock = wall_clock
         self._name = name
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log)
         self._closed = False
         self._fork_gate = lifecycle.ForkGate()
         self._gate = self._fork_gate.cell  # 0: take the rare path (not started, forked, closed)

@@ -171,20 +171,26 @@ class BlockingWait(WaitStrategy):
     ``loop.call_soon_threadsafe``, so a coroutine can consume without a thread.
     """
 
-    __slots__ = ("_async_waiters", "_cond", "_waiting")
+    __slots__ = ("_async_waiters", "_cond", "_unnotified", "_waiting")
 
     def __init__(self) -> None:
         super().__init__()
         self._cond = threading.Condition(threading.Lock())
         self._waiting = 0
+        # Raised by a waiter as it registers, lowered by the signal() that notifies it.
+        # signal() tests this, not the count: a notified waiter stays counted until it
+        # runs again (up to a switch interval under the GIL), and notifying it again on
+        # every done() meanwhile cost ten times the call itself.
+        self._unnotified = False
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def signal(self) -> None:
-        # Lost wake-ups are impossible: a waiter registers (under the lock) before its
-        # last poll, and the publisher stores its cursor before reading `_waiting`.
-        if self._waiting or _GIL_DISABLED:
+        # Lost wake-ups are impossible: a waiter raises `_unnotified` (under the lock)
+        # before its last poll, and the publisher stores its cursor before reading it.
+        if self._unnotified or _GIL_DISABLED:
             with self._cond:
-                if self._waiting:
+                if self._unnotified:
+                    self._unnotified = False
                     self._cond.notify_all()
                     for loop, future in self._async_waiters:
                         loop.call_soon_threadsafe(_resolve, future)
@@ -203,6 +209,7 @@ class BlockingWait(WaitStrategy):
                 continue
             with self._cond:
                 self._waiting += 1
+                self._unnotified = True
                 try:
                     cursor = poll()  # again, now that a signal cannot be missed
                     if cursor >= 0:
@@ -238,6 +245,7 @@ class BlockingWait(WaitStrategy):
             entry = (loop, future)
             with self._cond:  # held for a poll only: never blocks the loop for long
                 self._waiting += 1
+                self._unnotified = True
                 self._async_waiters.append(entry)
                 cursor = poll()
             try:
