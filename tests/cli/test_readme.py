@@ -1,4 +1,5 @@
-"""The README's Python examples run as written."""
+"""The README's Python examples run as written: every ```python block. (A ```py block
+is an illustration that would contact a server outside the machine: not run.)"""
 
 from __future__ import annotations
 
