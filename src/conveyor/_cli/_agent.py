@@ -26,6 +26,7 @@ _KEYS = (
     "max_connections",
     "max_contexts",
     "statsd_dialect",
+    "workers",
 )
 
 
@@ -95,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="read plain StatsD (gauge deltas +N/-N)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="ingest processes sharing the UDP port with SO_REUSEPORT, merged at each "
+        "flush (default 1; udp:// listeners only when N > 1)",
+    )
+    parser.add_argument(
         "--config", type=Path, metavar="FILE.toml", help="read these settings from a TOML file"
     )
 
@@ -130,6 +138,7 @@ def build_server(settings: dict[str, Any]) -> Any:
     from conveyor.agent import (
         DEFAULT_URL,
         AgentServer,
+        AgentWorkers,
         Backend,
         HttpJsonForwarder,
         JsonLinesBackend,
@@ -158,6 +167,19 @@ def build_server(settings: dict[str, Any]) -> Any:
         for key in ("model", "idle_timeout", "max_connections")
         if key in settings
     }
+    workers = settings.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers must be an integer >= 1, got {workers!r}")
+    if workers > 1:
+        return AgentWorkers(
+            settings.get("listen") or [DEFAULT_URL],
+            backends,
+            workers=workers,
+            flush_interval=settings.get("flush_interval", 10.0),
+            max_contexts=settings.get("max_contexts", 100_000),
+            statsd_dialect=bool(settings.get("statsd_dialect", False)),
+            stream_options=stream_options,
+        )
     return AgentServer(
         settings.get("listen") or [DEFAULT_URL],
         backends,
@@ -179,7 +201,8 @@ def run_agent(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    addresses = ", ".join(listener.url for listener in server.listeners)
+    urls = server.urls if hasattr(server, "urls") else [lis.url for lis in server.listeners]
+    addresses = ", ".join(urls)
     print(f"conveyor agent: listening on {addresses}", file=sys.stderr, flush=True)
     while not stop.wait(1.0):
         pass

@@ -25,6 +25,7 @@ from ._listen_ring import PacketRing
 from ._models import DEFAULT_MODEL, MODELS
 from ._series import Series, Snapshot
 from ._server import DEFAULT_FLUSH_INTERVAL, AgentServer, AgentStatistics
+from ._workers import AgentWorkers, AgentWorkersStatistics, WorkerStatistics
 
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
@@ -33,6 +34,8 @@ __all__ = [
     "MODELS",
     "AgentServer",
     "AgentStatistics",
+    "AgentWorkers",
+    "AgentWorkersStatistics",
     "Aggregator",
     "AggregatorStatistics",
     "Backend",
@@ -46,5 +49,6 @@ __all__ = [
     "Snapshot",
     "StatsdForwarder",
     "StdoutBackend",
+    "WorkerStatistics",
     "listen",
 ]
