@@ -42,7 +42,6 @@ from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _proto import NotifyOnceWait
 
 from _stats import (
     environment,
@@ -74,7 +73,6 @@ WAITS: dict[str, Callable[[], WaitStrategy]] = {
     "blocking": BlockingWait,
     "yielding": YieldingWait,
     "sleeping": SleepingWait,
-    "notify-once": NotifyOnceWait,  # a prototype of a proposed BlockingWait fix (_proto.py)
 }
 STOP = -1  # poison pill for consumers that share the items (MC pool, queues, deque)
 
@@ -536,13 +534,6 @@ def _variants() -> list[Variant]:
             lambda p: ring_spsc(p, batched=False),
             ("tput",),
             "blocking",
-        ),
-        Variant(
-            "SPSC",
-            "ring per-item [notify-once proto]",
-            lambda p: ring_spsc(p, batched=False),
-            ("tput",),
-            "notify-once",
         ),
     ]
     for wait in ("yielding", "blocking"):

@@ -49,7 +49,6 @@ from typing import NamedTuple, Protocol
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _proto import NotifyOnceWait
 
 from _stats import environment, load_note, source_state, summarize, table
 from conveyor.ring import (
@@ -71,7 +70,6 @@ WAITS: dict[str, Callable[[], WaitStrategy]] = {
     "blocking": BlockingWait,
     "yielding": YieldingWait,
     "sleeping": SleepingWait,
-    "notify-once": NotifyOnceWait,  # a prototype of a proposed BlockingWait fix (_proto.py)
 }
 AUTO = "auto"
 
