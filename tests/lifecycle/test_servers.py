@@ -21,9 +21,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from typing import Any
 
 import pytest
-from server_harness import Outcome, run_celery, run_gunicorn, run_script
+from server_harness import Outcome, ScenarioError, run_celery, run_gunicorn, run_script
 
 EXIT_PATHS_ONLY = {"SRV_FLUSH_INTERVAL": "60"}
 
@@ -87,14 +88,29 @@ def test_celery_prefork_delivers_every_task_after_a_warm_shutdown(
     _check_delivered(outcome)
 
 
-@pytest.mark.timeout(120)
+def _run_celery_retrying_a_stalled_pool(**options: Any) -> Outcome:
+    """Seen about once in a hundred runs, with conveyor and with datadog.DogStatsd alike:
+    billiard's pool stops handing out recycled processes and the tasks' results never
+    come (the main process waits in Pool.apply_async). That is a scenario that could not
+    run, not a wrong count: it is retried once, with a warning. A wrong count is never
+    retried. Open question, in the notes: whether conveyor can play a part in it."""
+    try:
+        return run_celery("conveyor", timeout=45.0, **options)
+    except ScenarioError as error:
+        if "waiting for the tasks' results" not in str(error):
+            raise
+        warnings.warn(f"Celery's pool stalled; running the scenario again: {error}", stacklevel=2)
+        return run_celery("conveyor", timeout=45.0, **options)
+
+
+@pytest.mark.timeout(150)
 @pytest.mark.parametrize("settings", INTERVALS)
 def test_celery_prefork_children_recycled_every_ten_tasks_deliver_every_task(
     settings: dict[str, str] | None,
 ) -> None:
     _require("celery")
-    outcome = run_celery(
-        "conveyor", tasks=200, processes=4, max_tasks_per_child=10, settings=settings
+    outcome = _run_celery_retrying_a_stalled_pool(
+        tasks=200, processes=4, max_tasks_per_child=10, settings=settings
     )
     _check_delivered(outcome)
     assert outcome.workers > 4  # children were replaced
