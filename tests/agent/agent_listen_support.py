@@ -18,8 +18,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import pytest
-
 #: How long a test waits for something that should happen at once (a loaded machine).
 PATIENCE = 10.0
 _LENGTH = struct.Struct("<I")
@@ -105,23 +103,6 @@ def reads_eof(sock: socket.socket) -> bool:
         return True
     except TimeoutError:
         return False
-
-
-def require_ipv6_loopback() -> None:
-    """Skip if the kernel has no ``::1``, except under ``CI=true``, where that fails."""
-    problem = ""
-    if not socket.has_ipv6:
-        problem = "Python was built without IPv6"
-    else:
-        try:
-            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-                probe.bind(("::1", 0))
-        except OSError as exc:
-            problem = f"cannot bind ::1 ({exc})"
-    if problem:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires an IPv6 loopback: {problem}")
-        pytest.skip(f"no IPv6 loopback: {problem}")
 
 
 def agent_threads() -> set[threading.Thread]:

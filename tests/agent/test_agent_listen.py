@@ -15,10 +15,10 @@ from agent_listen_support import (
     Collector,
     eventually,
     frame,
-    require_ipv6_loopback,
     socket_dir,
 )
 
+from ci_support import require_ipv6_loopback
 from conveyor.agent._listen import (
     DEFAULT_URL,
     TCPListener,

@@ -19,12 +19,13 @@ under ``CI=true``, where that fails.
 from __future__ import annotations
 
 import importlib.util
-import os
 import warnings
 from typing import Any
 
 import pytest
 from server_harness import Outcome, ScenarioError, run_celery, run_gunicorn, run_script
+
+from ci_support import missing
 
 EXIT_PATHS_ONLY = {"SRV_FLUSH_INTERVAL": "60"}
 
@@ -36,10 +37,7 @@ INTERVALS = [
 
 def _require(module: str) -> None:
     if importlib.util.find_spec(module) is None:
-        message = f"{module} is not installed (the dev extra has it: make venv)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires {module}: {message}")
-        pytest.skip(message)
+        missing(module, "not installed (the dev extra has it: make venv)")
 
 
 def _check_delivered(outcome: Outcome) -> None:

@@ -13,10 +13,10 @@ from transport_support import (
     FakeClock,
     accept,
     recv_exact,
-    require_ipv6_loopback,
     tcp_server,
 )
 
+from ci_support import require_ipv6_loopback
 from conveyor.transport import TCPTransport, TransportError
 
 pytestmark = pytest.mark.timeout(30)

@@ -12,10 +12,10 @@ from transport_support import (
     MAX_DELAY,
     PATIENCE,
     FakeClock,
-    require_ipv6_loopback,
     udp_server,
 )
 
+from ci_support import require_ipv6_loopback
 from conveyor.transport import DEFAULT_UDP_PACKET_SIZE, TransportError, UDPTransport
 
 pytestmark = pytest.mark.timeout(30)

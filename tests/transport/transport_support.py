@@ -120,20 +120,3 @@ def split_frames(data: bytes) -> tuple[list[bytes], bytes]:
         frames.append(data[4 : 4 + length])
         data = data[4 + length :]
     return frames, data
-
-
-def require_ipv6_loopback() -> None:
-    """Skip if the kernel has no ``::1``, except under ``CI=true``, where that fails."""
-    problem = ""
-    if not socket.has_ipv6:
-        problem = "Python was built without IPv6"
-    else:
-        try:
-            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-                probe.bind(("::1", 0))
-        except OSError as exc:
-            problem = f"cannot bind ::1 ({exc})"
-    if problem:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires an IPv6 loopback: {problem}")
-        pytest.skip(f"no IPv6 loopback: {problem}")
