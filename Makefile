@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 NEWEST_PYTHON ?= $(shell bash tools/newest-python)
 NEWEST_VENV   ?= .venv-newest
 
-.PHONY: all venv lint typecheck unit test test-newest demo bench clean
+.PHONY: all venv lint typecheck unit test test-newest demo bench fuzz clean
 
 all: test
 
@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench tools
-	$(VENV)/bin/ruff format --check src tests bench tools
+	$(VENV)/bin/ruff check src tests bench tools examples fuzz
+	$(VENV)/bin/ruff format --check src tests bench tools examples fuzz
 
 typecheck: venv
 	$(VENV)/bin/mypy
@@ -45,7 +45,12 @@ test-newest: $(NEWEST_VENV)/.installed
 
 test: lint typecheck unit test-newest
 
-demo: venv
+# The demo extra (gunicorn, celery...), once per venv; then the whole-pipeline demo.
+$(VENV)/.demo-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[demo]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
 	$(PY) -m conveyor demo
 
 bench: venv
@@ -57,6 +62,13 @@ bench: venv
 	$(PY) bench/client/queue_choice.py
 	$(PY) bench/delivery/delivery.py
 	$(PY) bench/agent/models.py
+	$(PY) bench/agent/ingest.py
+
+# Coverage-guided fuzzing of the agent's network input (docs/agent.md, "Fuzzing");
+# corpus and crashes in build/fuzz/. FUZZ_SECONDS=N for a longer run.
+FUZZ_SECONDS ?= 300
+fuzz: venv
+	$(PY) fuzz/agent_fuzz.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) $(NEWEST_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -56,6 +56,15 @@ ATTRS = {"env": "bench", "route": "home"}
 RCVBUF = 8 * 1024 * 1024
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
+#: The code a client benchmark measures (whose git state its published results name).
+CLIENT_CODE = (
+    "src/conveyor/client",
+    "src/conveyor/protocol",
+    "src/conveyor/transport",
+    "src/conveyor/lifecycle",
+    "src/conveyor/_ratelimit.py",
+)
+
 SOCKET_PEERS = ("conveyor", "dd-agg", "dd-noagg", "statsd")
 ALL_PEERS = (*SOCKET_PEERS, "otel", "prometheus")
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
 from _harness import (
+    CLIENT_CODE,
     PEER_LABELS,
     SOCKET_PEERS,
     Receiver,
@@ -43,6 +45,16 @@ from _harness import (
     verdict,
 )
 
+from _charts import (
+    Bar,
+    Figure,
+    Panel,
+    Role,
+    add_publish_option,
+    capture,
+    publish,
+    wants_publish,
+)
 from _stats import ratios, summarize, table
 
 THREADS = (1, 4)
@@ -134,9 +146,11 @@ def main(argv: list[str]) -> int:
         help=f"comma-separated subset of {','.join(SOCKET_PEERS)}",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 50,000 calls")
+    add_publish_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.calls = 1, 50_000
+    load_start = os.getloadavg()[0]
     keys = [k for k in args.peers.split(",") if k]
     for k in keys:
         if k not in SOCKET_PEERS:
@@ -170,8 +184,45 @@ def main(argv: list[str]) -> int:
                     )
                     gc.collect()
 
-    report(results, keys, args.rounds, args.calls)
+    with capture() as printed:
+        report(results, keys, args.rounds, args.calls)
+    if wants_publish(args):
+        publish(
+            "client-end-to-end",
+            "bench/client/end_to_end.py",
+            argv,
+            load_start,
+            [chart(results, keys, args.calls)],
+            printed.getvalue(),
+            code=CLIENT_CODE,
+        )
     return 0
+
+
+def chart(results: dict[tuple[str, int], list[Trial]], keys: list[str], calls: int) -> Figure:
+    """Emit rate (wall) and calls per CPU-second per client, 1 and 4 threads; a client
+    that lost calls says how many."""
+    panels = []
+    for attr, what in (("rate", "emit rate (wall)"), ("cpu_rate", "per CPU-second")):
+        for threads in THREADS:
+            bars = []
+            for key in keys:
+                trials = results[key, threads]
+                lost = max(t.lost for t in trials)
+                note = f"(lost up to {lost / calls:.1%} of the calls)" if lost > 0 else ""
+                values = [getattr(t, attr) / 1e3 for t in trials]
+                role: Role = "conveyor" if key == "conveyor" else "peer"
+                bars.append(Bar(PEER_LABELS[key], values, role, note))
+            unit = "k increments/s" if attr == "rate" else "k increments per CPU-second"
+            title = f"{what}, {threads} thread{'s' if threads > 1 else ''}"
+            panels.append(Panel(title, unit, bars, better="higher"))
+    return Figure(
+        "client-end-to-end",
+        f"End to end: {calls:,} increments (2 tags) into a local UDP receiver",
+        panels,
+        columns=len(THREADS),
+        share_x=True,
+    )
 
 
 def report(

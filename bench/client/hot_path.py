@@ -27,6 +27,7 @@ Run ``bench/client/hot_path.py --help``; ``--quick`` is a smoke run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from _harness import (
     ALL_PEERS,
     BARE_QUEUE,
+    CLIENT_CODE,
     PEER_LABELS,
     Loop,
     Peer,
@@ -46,6 +48,16 @@ from _harness import (
     verdict,
 )
 
+from _charts import (
+    Bar,
+    Figure,
+    Panel,
+    Role,
+    add_publish_option,
+    capture,
+    publish,
+    wants_publish,
+)
 from _stats import Summary, ratios, summarize, table
 
 OPS = ("increment", "gauge", "histogram", "bound")
@@ -95,9 +107,11 @@ def main(argv: list[str]) -> int:
         "--target", type=float, default=0.06, help="seconds per sample (default 0.06)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, short samples")
+    add_publish_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.target = 2, 0.01
+    load_start = os.getloadavg()[0]
 
     print(header("Client hot path", ["bench/client/hot_path.py", *argv]))
     with Receiver() as receiver:
@@ -130,8 +144,46 @@ def main(argv: list[str]) -> int:
         for peer in peers.values():
             peer.close()
 
-    report(variants, args.rounds)
+    with capture() as printed:
+        report(variants, args.rounds)
+    if wants_publish(args):
+        publish(
+            "client-hot-path",
+            "bench/client/hot_path.py",
+            argv,
+            load_start,
+            [chart(variants)],
+            printed.getvalue(),
+            code=CLIENT_CODE,
+        )
     return 0
+
+
+def chart(variants: list[Variant]) -> Figure:
+    """ns per call per client and call, CPU time (top row) and wall time (bottom)."""
+    by = {(v.peer, v.op): v for v in variants}
+    panels = []
+    for attr, clock in (("samples", "CPU time"), ("walls", "wall time")):
+        for op in OPS:
+            bars = []
+            for key in ("bare", *ALL_PEERS):
+                v = by.get((key, "increment" if key == "bare" else op))
+                values: list[float] = (
+                    getattr(v, attr) if v and (key != "bare" or op == OPS[0]) else []
+                )
+                label = "bare deque-append function" if key == "bare" else PEER_LABELS[key]
+                role: Role = (
+                    "conveyor" if key == "conveyor" else "reference" if key == "bare" else "peer"
+                )
+                bars.append(Bar(label, [x * 1e9 for x in values], role))
+            panels.append(Panel(f"{OP_LABELS[op]} ({clock})", f"ns per call, {clock}", bars))
+    return Figure(
+        "client-hot-path",
+        "Client hot path: ns per call in the caller's thread (CPU time, then wall time)",
+        panels,
+        columns=len(OPS),
+        share_x=True,
+    )
 
 
 def report(variants: list[Variant], rounds: int) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import resource
 import sys
 import time
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 
 from _harness import (
     ALL_PEERS,
+    CLIENT_CODE,
     PEER_LABELS,
     Receiver,
     freeze_heap,
@@ -48,6 +50,16 @@ from _harness import (
     verdict,
 )
 
+from _charts import (
+    Bar,
+    Figure,
+    Panel,
+    Role,
+    add_publish_option,
+    capture,
+    publish,
+    wants_publish,
+)
 from _stats import percentile, ratios, summarize, table
 
 QUANTILES = (("p50", 0.50), ("p99", 0.99), ("p99.9", 0.999))
@@ -146,9 +158,11 @@ def main(argv: list[str]) -> int:
         "--work-us", type=float, default=200.0, help="request work in us (default 200)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 300 requests")
+    add_publish_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.requests = 1, 300
+    load_start = os.getloadavg()[0]
     warm = max(50, args.requests // 10)
 
     print(header("Client interference", ["bench/client/interference.py", *argv]))
@@ -176,8 +190,49 @@ def main(argv: list[str]) -> int:
                 series[key].drops.add(peer.dropped())
                 receiver.discard()
             print(f"# round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    report(series, k, args.rounds, args.requests, warm)
+    with capture() as printed:
+        report(series, k, args.rounds, args.requests, warm)
+    if wants_publish(args):
+        publish(
+            "client-interference",
+            "bench/client/interference.py",
+            argv,
+            load_start,
+            [chart(series, args.requests)],
+            printed.getvalue(),
+            code=CLIENT_CODE,
+        )
     return 0
+
+
+def chart(series: dict[str, Series], requests: int) -> Figure:
+    """Each percentile per client next to the no-metrics blocks: over all requests (top
+    row) and over those the OS did not preempt (bottom row: robust to other load)."""
+    blocks = [b for s in series.values() for b in s.baselines]
+    mean = sum(sum(b.lat) / len(b.lat) for b in blocks) / len(blocks)
+    panels = []
+    for clean, view in ((False, "all requests"), (True, "not preempted")):
+        baselines = [b.quantiles(clean) for b in blocks]
+        for name, _ in QUANTILES:
+            bars = [
+                Bar(
+                    "no metrics (every baseline block)",
+                    [q[name] * 1e6 for q in baselines],
+                    "reference",
+                )
+            ]
+            for key, s in series.items():
+                values = [b.quantiles(clean)[name] * 1e6 for b in s.blocks]
+                role: Role = "conveyor" if key == "conveyor" else "peer"
+                bars.append(Bar(PEER_LABELS[key], values, role))
+            panels.append(Panel(f"{name}, {view}", "us per request", bars))
+    return Figure(
+        "client-interference",
+        f"Interference: latency of a pure-Python request ({mean * 1e6:.0f} us on average "
+        f"without metrics) that records 5 metrics; {requests:,} requests per block",
+        panels,
+        columns=len(QUANTILES),
+    )
 
 
 def report(series: dict[str, Series], k: int, rounds: int, requests: int, warm: int) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
+from _charts import Bar, Figure, Panel, add_publish_option, capture, publish, wants_publish
 from _stats import environment, summarize, table
 from conveyor import Dispatcher, HTTPTransport, Retry
 
@@ -62,6 +64,15 @@ SERVER = textwrap.dedent(
     print(s.server_address[1], flush=True)
     s.serve_forever()
     """
+)
+
+#: The code measured (whose git state the published results name).
+DELIVERY_CODE = (
+    "src/conveyor/delivery",
+    "src/conveyor/ring",
+    "src/conveyor/transport",
+    "src/conveyor/lifecycle",
+    "src/conveyor/_ratelimit.py",
 )
 
 ITEM = {"type": "order", "id": 42, "amount": 19.99, "currency": "EUR", "tags": ["web", "eu"]}
@@ -212,7 +223,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     parser.add_argument("--rounds", type=int, default=5)
+    add_publish_option(parser)
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     rounds = 1 if args.quick else args.rounds
     n_submit = 20_000 if args.quick else 200_000
     n_deliver = 2_000 if args.quick else 20_000
@@ -247,8 +260,54 @@ def main() -> None:
         ("", "seed: retry at once", summarize(cpu_s0).fmt(1)),
         ("", "seed: retry after 1 s sleep", summarize(cpu_s1).fmt(1)),
     ]
-    print(f"# rounds: {rounds}; submit n={n_submit}, delivery n={n_deliver}, CPU window {window} s")
-    print(table(("measure", "variant", "median [min-max]"), rows))
+    params = f"rounds: {rounds}; submit n={n_submit}, delivery n={n_deliver}, CPU window {window} s"
+    print(f"# {params}")
+    with capture() as printed:
+        print(table(("measure", "variant", "median [min-max]"), rows))
+    if wants_publish(args):
+        figure = Figure(
+            "delivery",
+            "Delivery: conveyor's Dispatcher against the seed's design (queue.Queue + threads)",
+            [
+                Panel(
+                    "enqueue in the caller's thread (submit() while the workers send; "
+                    "put_nowait with no consumer)",
+                    "ns per call",
+                    [
+                        Bar("Dispatcher.submit", sub_c, "conveyor"),
+                        Bar("seed: queue.Queue.put_nowait", sub_q),
+                    ],
+                ),
+                Panel(
+                    "delivered to a local HTTP server",
+                    "items/s",
+                    [
+                        Bar("Dispatcher (batches <= 500, gzip)", thr_c, "conveyor"),
+                        Bar("seed: 8 threads, 1 POST per item", thr_s),
+                    ],
+                    better="higher",
+                ),
+                Panel(
+                    "CPU while the endpoint is down (1,000 items queued)",
+                    "% of one core",
+                    [
+                        Bar("Dispatcher (breaker open)", cpu_c, "conveyor"),
+                        Bar("seed: retry at once", cpu_s0),
+                        Bar("seed: retry after 1 s sleep", cpu_s1),
+                    ],
+                ),
+            ],
+        )
+        publish(
+            "delivery",
+            "bench/delivery/delivery.py",
+            sys.argv[1:],
+            load_start,
+            [figure],
+            printed.getvalue(),
+            params=params,
+            code=DELIVERY_CODE,
+        )
 
 
 if __name__ == "__main__":

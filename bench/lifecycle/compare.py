@@ -52,6 +52,14 @@ from server_harness import (
     run_script,
 )
 
+from _charts import (
+    Bar,
+    Figure,
+    Panel,
+    Role,
+    add_publish_option,
+    publish,
+)
 from _stats import environment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +88,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[str], Outcome]]] = {
 }
 
 DOC = ROOT / "docs" / "lifecycle.md"
+CHART = "lifecycle"  # docs/benchmarks/lifecycle.png and data/lifecycle.json (bench/_charts.py)
 BEGIN = "<!-- lifecycle-comparison:begin (bench/lifecycle/compare.py --update-doc) -->"
 END = "<!-- lifecycle-comparison:end -->"
 
@@ -118,8 +127,11 @@ def _versions() -> str:
     return ", ".join(found)
 
 
-def run(scenarios: list[str], clients: list[str], repeat: int) -> str:
-    results: dict[tuple[str, str], list[Outcome | str]] = defaultdict(list)
+Results = dict[tuple[str, str], list[Outcome | str]]
+
+
+def run(scenarios: list[str], clients: list[str], repeat: int) -> tuple[str, Results]:
+    results: Results = defaultdict(list)
     seconds: dict[str, list[float]] = defaultdict(list)
     for round_ in range(repeat):
         for scenario in scenarios:
@@ -157,7 +169,39 @@ def run(scenarios: list[str], clients: list[str], repeat: int) -> str:
         f"run: {per_run}.\n{_versions()}; {platform.system()} {platform.release()}; "
         f"{machine}."
     )
-    return "\n".join(lines) + "\n" + footer
+    return "\n".join(lines) + "\n" + footer, results
+
+
+def chart(results: Results, scenarios: list[str], clients: list[str]) -> Figure:
+    """Share of the increments delivered, per scenario and client (failed runs left out
+    and counted in a note)."""
+    panels = []
+    for scenario in scenarios:
+        bars = []
+        for client in clients:
+            runs = results[(scenario, client)]
+            shares = [100 * o.delivered / o.expected for o in runs if isinstance(o, Outcome)]
+            failed = sum(isinstance(o, str) for o in runs)
+            note = f"({failed} run(s) failed)" if failed else ""
+            role: Role = "conveyor" if client == "conveyor" else "peer"
+            bars.append(Bar(client, shares, role, note))
+        panels.append(
+            Panel(
+                SCENARIOS[scenario][0],
+                "% of increments delivered",
+                bars,
+                "higher",
+                log=False,
+                top=100,
+            )
+        )
+    return Figure(
+        CHART,
+        "What reaches the receiver when prefork servers and scripts end",
+        panels,
+        columns=3,
+        share_x=True,
+    )
 
 
 def update_doc(table: str, path: Path) -> None:
@@ -180,10 +224,28 @@ def main() -> None:
         metavar="PATH",
         help=f"rewrite the table between the markers in PATH (default {DOC.relative_to(ROOT)})",
     )
+    add_publish_option(parser, "yes with --update-doc, otherwise no")
     args = parser.parse_args()
+    # Published with the document's table by default: a partial run must not replace the
+    # chart of a full one unasked.
+    publishing = args.publish if args.publish is not None else bool(args.update_doc)
+    load_start = os.getloadavg()[0]
     os.chdir(ROOT)
-    table = run(args.scenarios, args.clients, args.repeat)
+    table, results = run(args.scenarios, args.clients, args.repeat)
+    if publishing:
+        # the path is relative to docs/lifecycle.md, where update_doc puts the table
+        table = f"![lifecycle comparison](benchmarks/{CHART}.png)\n\n{table}"
     print(table)
+    if publishing:
+        publish(
+            CHART,
+            "bench/lifecycle/compare.py",
+            sys.argv[1:],
+            load_start,
+            [chart(results, args.scenarios, args.clients)],
+            table,
+            doc=None,  # the table lives in docs/lifecycle.md (update_doc)
+        )
     if args.update_doc:
         update_doc(table, Path(args.update_doc))
 

@@ -43,6 +43,16 @@ from functools import partial
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+from _charts import (
+    Bar,
+    Figure,
+    Panel,
+    Role,
+    add_publish_option,
+    capture,
+    publish,
+    wants_publish,
+)
 from _stats import (
     environment,
     load_note,
@@ -633,7 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7, help="rounds")
     parser.add_argument("--only", choices=["tput", "lat"], help="run one measurement only")
     parser.add_argument("--quick", action="store_true", help="small sizes, 3 rounds")
+    add_publish_option(parser, "yes, except with --quick or --only")
     args = parser.parse_args(argv)
+    if args.only and args.publish is None:
+        args.publish = False  # half a run would leave the other half's chart stale
     if args.quick:
         args.items, args.lat_items, args.repeat = 50_000, 500, min(args.repeat, 3)
     modes = [args.only] if args.only else ["tput", "lat"]
@@ -641,10 +654,11 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     print(environment())
     print(f"# code: {source_state('src/conveyor/ring')}")
-    print(
-        f"# handoff: items={args.items} lat_items={args.lat_items} pace={args.pace * 1e6:g}us "
+    sizes = (
+        f"items={args.items} lat_items={args.lat_items} pace={args.pace * 1e6:g}us "
         f"capacity={args.capacity} batch={args.batch} repeat={args.repeat}"
     )
+    print(f"# handoff: {sizes}")
     print(f"# command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
 
     jobs = [(mode, v) for mode in modes for v in VARIANTS if mode in v.modes]
@@ -678,8 +692,83 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {rnd + 1}/{args.repeat} done")
         sys.stdout.flush()
 
+    with capture() as printed:
+        report(modes, rate, p50, p99, args.pace)
+    print(load_note(load0))
+    if wants_publish(args):
+        publish(
+            "ring-handoff",
+            "bench/ring/handoff.py",
+            sys.argv[1:] if argv is None else argv,
+            load0,
+            charts(modes, rate, p50, p99, args.items, args.pace),
+            printed.getvalue(),
+            params=sizes,
+            code=("src/conveyor/ring",),
+        )
+    return 0
+
+
+Samples = dict[tuple[str, str], list[float]]
+TOPOLOGIES = ("SPSC", "MPSC", "SPMC")
+
+
+def _role(variant: str) -> Role:
+    return "conveyor" if variant.startswith("ring") else "peer"
+
+
+def charts(
+    modes: list[str], rate: Samples, p50: Samples, p99: Samples, items: int, pace: float
+) -> list[Figure]:
+    """Throughput per topology; latency p50 and p99 per topology."""
+    out = []
     if "tput" in modes:
-        print("\nthroughput, million items/s: median [min-max]; ratios per round")
+        panels = []
+        for topology in TOPOLOGIES:
+            bars = [
+                Bar(
+                    v.name,
+                    [r / 1e6 for r in rate[key]],
+                    _role(v.name),
+                    "(every item to both consumers)" if "FanOut" in v.name else "",
+                )
+                for v in VARIANTS
+                if v.topology == topology and (key := (v.topology, v.name)) in rate
+            ]
+            panels.append(Panel(topology, "million items/s", bars, better="higher"))
+        out.append(
+            Figure(
+                "ring-handoff",
+                f"Hand-off between threads: conveyor.ring against the standard library "
+                f"({items:,} items per sample)",
+                panels,
+            )
+        )
+    if "lat" in modes:
+        panels = []
+        for topology in TOPOLOGIES:
+            for name, samples in (("p50", p50), ("p99", p99)):
+                bars = [
+                    Bar(v.name, samples[key], _role(v.name))
+                    for v in VARIANTS
+                    if v.topology == topology and (key := (v.topology, v.name)) in samples
+                ]
+                panels.append(Panel(f"{topology}: {name}", "us, producer to consumer", bars))
+        out.append(
+            Figure(
+                "ring-handoff-latency",
+                f"Hand-off latency: one item every {pace * 1e6:g} us (+ sleep overhead), "
+                f"producer's clock to consumer's",
+                panels,
+                columns=2,
+            )
+        )
+    return out
+
+
+def report(modes: list[str], rate: Samples, p50: Samples, p99: Samples, pace: float) -> None:
+    if "tput" in modes:
+        print("\nthroughput, million items/s: median [min-max]; ratios per round\n")
         rows = []
         for v in VARIANTS:
             key = (v.topology, v.name)
@@ -716,8 +805,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "lat" in modes:
         print(
-            f"\nhand-off latency, us (one item every ~{args.pace * 1e6:g} us + sleep overhead): "
-            f"median [min-max] over rounds of each round's p50 / p99"
+            f"\nhand-off latency, us (one item every ~{pace * 1e6:g} us + sleep overhead): "
+            f"median [min-max] over rounds of each round's p50 / p99\n"
         )
         rows = []
         for v in VARIANTS:
@@ -733,8 +822,6 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
         print(table(["topology", "variant", "p50 us", "p99 us"], rows, "llrr"))
-    print(load_note(load0))
-    return 0
 
 
 if __name__ == "__main__":

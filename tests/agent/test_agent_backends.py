@@ -27,7 +27,7 @@ from conveyor.agent._backends import (
     prometheus_labels,
     prometheus_name,
 )
-from conveyor.agent._series import Snapshot
+from conveyor.agent._series import Kind, Series, Snapshot
 from conveyor.protocol import parse_packet
 
 TRAFFIC = (
@@ -100,7 +100,8 @@ def test_agent_jsonl_backend_one_object_per_series(tmp_path: Path) -> None:
         "value": 5.0,
         "rate": 0.5,
     }
-    assert by_name[("api.latency", "timing")]["stats"]["p95"] == pytest.approx(38.5)
+    # etsy statsd's upper_95 of 10, 20, 30, 40: the value at rank round(0.95 * 4) = 4.
+    assert by_name[("api.latency", "timing")]["stats"]["p95"] == 40
     assert by_name[("users", "set")]["value"] == 2
     assert [r["type"] for r in records if "type" in r] == ["event", "service_check"]
     assert {r["name"] for r in map(json.loads, path.read_text().splitlines())} >= {"a"}
@@ -152,14 +153,52 @@ def test_agent_prometheus_backend_serves_scrapeable_metrics(
     size = {(n, lab.get("quantile")): v for n, lab, v in first["payload_size:summary"]}
     assert size[("payload_size", "0.5")] == pytest.approx(200, rel=1 / 128)
     assert "conveyor_agent_packets:counter" in first
-    # Counters and summary counts accumulate across flushes; gauges show the latest.
+    # Counters and summary counts accumulate across flushes; gauges show the last value
+    # received; a series the latest flush did not have is still there (no gaps).
     prometheus.emit(snapshot(b"web.requests:1|c|#env:prod,canary\napi.latency:1|ms|#route:/x"))
     second = scrape(prometheus)
     assert second["web_requests:counter"][0][2] == 6.0
-    assert "queue_depth:gauge" not in second
+    assert second["queue_depth:gauge"] == [("queue_depth", {"queue": "mail"}, 12.0)]
     latency2 = {(n, lab.get("quantile")): v for n, lab, v in second["api_latency:summary"]}
     assert latency2[("api_latency_count", None)] == 5
     assert latency2[("api_latency", "1.0")] == 1
+    prometheus.emit(snapshot(b"queue.depth:3|g|#queue:mail"))
+    third = scrape(prometheus)
+    assert third["web_requests:counter"][0][2] == 6.0
+    assert third["queue_depth:gauge"] == [("queue_depth", {"queue": "mail"}, 3.0)]
+    assert ("api_latency_count", {"route": "/x"}, 5.0) in third["api_latency:summary"]
+
+
+@pytest.mark.timeout(20)
+def test_agent_prometheus_backend_forgets_the_least_recently_updated_series_past_its_bound() -> (
+    None
+):
+    backend = PrometheusBackend(port=0, max_series=3)
+    try:
+        counter: Kind = "counter"
+        gauge: Kind = "gauge"
+        backend.emit(
+            Snapshot(
+                1.0,
+                1.0,
+                (
+                    Series("a", counter, (), 1),
+                    Series("b", counter, (), 1),
+                    Series("c", gauge, (), 1),
+                ),
+            )
+        )
+        backend.emit(Snapshot(2.0, 1.0, (Series("a", counter, (), 1), Series("d", gauge, (), 7))))
+        families = scrape(backend)
+        assert families == {
+            "c:gauge": [("c", {}, 1.0)],
+            "a:counter": [("a_total", {}, 2.0)],
+            "d:gauge": [("d", {}, 7.0)],
+        }
+    finally:
+        backend.close()
+    with pytest.raises(ValueError, match="max_series"):
+        PrometheusBackend(port=0, max_series=0)
 
 
 @pytest.mark.timeout(20)

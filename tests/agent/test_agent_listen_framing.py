@@ -108,3 +108,24 @@ def test_valid_frames_survive_any_split(packets: list[bytes], cuts: list[int]) -
     got, error = _feed_all(LineFramer(300), chunks(b"".join(line + b"\n" for line in lines), cuts))
     assert error is None
     assert [x for packet in got for x in packet.split(b"\n") if x] == [x for x in lines if x]
+
+
+@pytest.mark.timeout(10)
+def test_finishing_a_stream_delivers_its_last_line_or_counts_the_fragment() -> None:
+    lines = LineFramer(100)
+    assert lines.feed(b"a:1|c\nb:2|c") == [b"a:1|c"]
+    assert lines.finish(eof=True) == [b"b:2|c"]  # end of stream ends the last line
+    assert lines.finish(eof=True) == [] and lines.buffered == 0
+    lines.feed(b"half:1")
+    with pytest.raises(FramingError) as cut_line:
+        lines.finish(eof=False)  # the listener closed it: not a whole line
+    assert cut_line.value.reason == "truncated_line"
+    assert LineFramer(100).finish(eof=False) == []
+
+    frames = LengthFramer(100)
+    assert frames.feed(LENGTH.pack(5) + b"a:1|c" + LENGTH.pack(5) + b"b:") == [b"a:1|c"]
+    with pytest.raises(FramingError) as cut_frame:
+        frames.finish(eof=True)
+    assert cut_frame.value.reason == "truncated_frame"
+    assert frames.buffered == 0
+    assert LengthFramer(100).finish(eof=True) == []

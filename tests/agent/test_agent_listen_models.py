@@ -126,6 +126,37 @@ def test_tcp_partial_line_waits_for_the_rest(model: str) -> None:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("kind", KINDS)
+def test_what_a_closed_stream_leaves_in_the_framer_is_delivered_or_counted(
+    kind: str, model: str
+) -> None:
+    """A TCP client's last line needs no newline (``printf 'a:1|c' | nc``); a Unix
+    stream cut inside a frame, or a line cut by the idle timeout, is counted."""
+    sink = Collector()
+    with serving(kind, model, sink) as listener:
+        with connect(kind, listener.address) as sock:
+            cut = frame(kind, b"cut:1|c")[:-3] if kind == "unixstream" else b"last:1|c"
+            sock.sendall(frame(kind, b"first:1|c") + cut)
+        if kind == "tcp":
+            assert sink.wait_packets(2)
+            assert sink.packets == [b"first:1|c", b"last:1|c"]
+        else:
+            assert eventually(lambda: listener.statistics().framing_errors_total == 1)
+            assert dict(listener.statistics().framing_errors) == {"truncated_frame": 1}
+            assert sink.packets == [b"first:1|c"]
+    if kind == "tcp":  # a line the listener itself cuts off (idle) is not a whole line
+        sink = Collector()
+        with serving(kind, model, sink, idle_timeout=0.2) as listener:
+            with connect(kind, listener.address) as sock:
+                sock.sendall(b"whole:1|c\nhalf:1")
+                assert reads_eof(sock)
+            assert eventually(lambda: listener.statistics().framing_errors_total == 1)
+            assert dict(listener.statistics().framing_errors) == {"truncated_line": 1}
+            assert sink.packets == [b"whole:1|c"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("kind", KINDS)
 def test_oversized_frame_closes_that_connection_only(kind: str, model: str) -> None:
     sink = Collector()
     with (

@@ -1,6 +1,6 @@
 """A real Prometheus server scrapes the agent's PrometheusBackend.
 
-``tools/ensure-prometheus`` finds (or, as root, installs Debian's) ``prometheus``; the
+``tools/ensure-peer prometheus`` finds (or, as root, installs Debian's) ``prometheus``; the
 test runs its own instance on a free loopback port with its own data directory, points
 it at the agent's ``/metrics`` with a 1 s scrape interval, sends DogStatsD over UDP,
 flushes the agent and asks Prometheus' HTTP API until the scraped values show up.
@@ -28,7 +28,7 @@ from ci_support import missing
 from conveyor.agent import AgentServer, PrometheusBackend, Snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
-ENSURE = ROOT / "tools" / "ensure-prometheus"
+ENSURE = ROOT / "tools" / "ensure-peer"
 JOB = "conveyor-agent"
 ORDERS = 25
 
@@ -61,10 +61,10 @@ class PrometheusServer:
 
 
 def _prometheus_binary() -> str:
-    """The binary ``tools/ensure-prometheus`` prints; skip (or, under CI, fail) without."""
+    """The binary ``tools/ensure-peer prometheus`` prints; skip (or, under CI, fail) without."""
     try:
         result = subprocess.run(
-            [str(ENSURE)], capture_output=True, text=True, timeout=100, check=False
+            [str(ENSURE), "prometheus"], capture_output=True, text=True, timeout=100, check=False
         )
         problem = (
             ""

@@ -196,3 +196,42 @@ def test_close_reads_what_the_kernel_already_holds() -> None:
     closer[0].join(10)
     assert not closer[0].is_alive()
     assert len(received) == 2000
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_the_command_line_agent_reports_the_percentiles_it_is_given(
+    tmp_path: Path, how: str
+) -> None:
+    from agent_process_support import series_records, start_agent
+
+    if how == "flag":
+        options: tuple[str, ...] = ("--percentiles", "90,50")
+    else:
+        if sys.version_info < (3, 11):
+            pytest.skip("--config needs tomllib (3.11+)")
+        config = tmp_path / "agent.toml"
+        config.write_text("percentiles = [50, 90]\n")
+        options = ("--config", str(config))
+    agent = start_agent(tmp_path, ["udp://127.0.0.1:0"], *options)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            values = ":".join(str(v) for v in range(1, 11))
+            sender.sendto(f"cli.latency:{values}|ms".encode(), agent.udp_address())
+        records = agent.stop()
+    finally:
+        agent.kill()
+    stats = series_records(records)[("cli.latency", "timing")]["stats"]
+    assert (stats["count"], stats["median"], stats["p90"]) == (10, 5.5, 9)
+    assert "p95" not in stats and "p99" not in stats
+
+
+def test_the_agent_refuses_percentiles_out_of_range() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", "agent", "--percentiles", "50,100"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2  # argparse's usage error, not a traceback
+    assert "between 0 and 100" in result.stderr and "Traceback" not in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import socket
@@ -276,6 +277,11 @@ def test_context_limit_is_counted() -> None:
         (lambda c: c.service_check("up", 7), ValueError, "status"),
         (lambda c: c.event("", "text"), ValueError, "title"),
         (lambda c: c.increment("x", tags="env:prod"), TypeError, "list of 'key:value'"),
+        (lambda c: c.increment("x", tags=["env:prod", 7]), ValueError, "tags must be strings"),
+        (lambda c: c.increment("x", tags=[["env:prod"]]), ValueError, "tags must be strings"),
+        (lambda c: c.gauge("g", 1, tags=("a:b", None)), ValueError, "tags must be strings"),
+        (lambda c: c.set("s", "m", tags=[b"a:b"]), ValueError, "tags must be strings"),
+        (lambda c: c.counter("n", tags=[1.5]), ValueError, "tags must be strings"),
     ],
 )
 def test_impossible_input_raises_at_the_call(call: Any, error: type[Exception], match: str) -> None:
@@ -283,6 +289,43 @@ def test_impossible_input_raises_at_the_call(call: Any, error: type[Exception], 
     with pytest.raises(error, match=match):
         call(client)
     assert client.statistics().recorded == 0
+
+
+def test_a_refused_call_costs_the_others_nothing(udp_receiver: DatagramReceiver) -> None:
+    client = Client(url=udp_receiver.url)  # type: ignore[attr-defined]
+    client.increment("good", tags=["a:b"])
+    bad_tag_lists: list[Any] = [[1], [["a:b"]], [None]]
+    for bad in bad_tag_lists:
+        with pytest.raises(ValueError, match="tags must be strings"):
+            client.increment("good", tags=bad)
+        with pytest.raises(ValueError, match="tags must be strings"):
+            client.histogram("h", 1.0, tags=bad)
+    client.increment("good", tags=["a:b"])
+    assert client.flush(timeout=10)
+    assert udp_receiver.take().counts == {("good", ("a:b",)): 2}
+    stats = client.statistics()
+    assert (stats.recorded, stats.sent, stats.dropped_total) == (2, 2, 0)
+    client.close()
+
+
+def test_repeated_increments_leave_nothing_new_for_the_cycle_collector() -> None:
+    """Each context's key is made once: the calls queue that same object, so the
+    objects the queue holds until the sender runs do not add up for the collector."""
+    client = Client(transport=StalledTransport())  # never started: the queue only fills
+    client.increment("warm", tags=["a:b"])
+    client.counter("bound", tags=["a:b"]).increment()
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        for _ in range(1000):
+            client.increment("warm", tags=["a:b"])
+        grown = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert grown < 50, f"{grown} tracked objects left per 1000 increments"
+    keys = list(client._increments)  # the private queue: what this test is about
+    assert all(key is keys[0] for key in keys)
 
 
 def test_bad_constructor_arguments() -> None:

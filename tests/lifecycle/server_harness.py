@@ -545,7 +545,7 @@ def run_celery(
 
     sys.path.insert(0, str(APPS))
     try:
-        from srv_celery_config import TASK, configure
+        from srv_celery_config import TASK, configure, deliver_outbox
     finally:
         sys.path.remove(str(APPS))
 
@@ -572,9 +572,11 @@ def run_celery(
             argv.append(f"--max-tasks-per-child={max_tasks_per_child}")
         env = app_environment(client, found, SRV_CELERY_DIR=tmp, **(settings or {}))
         producer = Celery("srv_producer")
-        configure(producer, tmp)
+        configure(producer, tmp, producer=True)
         with Server(argv, env, log) as server, contextlib.closing(producer):
             results = [producer.send_task(TASK) for _ in range(tasks)]
+            if deliver_outbox(tmp) != tasks:
+                raise ScenarioError(f"kombu did not write {tasks} messages to the outbox")
             for result in results:
 
                 def done(result: Any = result) -> bool:

@@ -8,13 +8,6 @@ from collections.abc import Sequence
 from conveyor import __version__
 
 
-def _power_of_two(text: str) -> int:
-    value = int(text)
-    if value < 1 or value & (value - 1):
-        raise argparse.ArgumentTypeError(f"{value} is not a power of two (e.g. 512, 1024)")
-    return value
-
-
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="conveyor",
@@ -24,18 +17,19 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo = commands.add_parser(
         "demo",
-        help="run a small ring pipeline and prove that nothing is lost",
+        help="run a shop, its jobs and the agent, and prove that nothing recorded is lost",
         description=(
-            "Publish events through a conveyor.ring pipeline: a FanOut of subscribers "
-            "(one joins and leaves mid-stream), then a self-balancing worker pool. Shows "
-            "live progress and exits non-zero if any item was lost or duplicated."
+            "Start `conveyor agent`, a WSGI shop under gunicorn (prefork workers) and its "
+            "Celery jobs (prefork pool), drive them with a load generator, recycle a worker "
+            "mid-run, then compare, metric by metric, what every process recorded with what "
+            "the agent received. Exits 0 if nothing was lost, 1 if anything was, 2 for a "
+            "set-up problem, 3 if a server did not start or stalled. Needs the demo extra: "
+            "pip install 'conveyor[demo]'."
         ),
     )
-    demo.add_argument("--events", type=int, default=300_000, help="events per pipeline")
-    demo.add_argument(
-        "--capacity", type=_power_of_two, default=1024, help="ring capacity (power of 2)"
-    )
-    demo.add_argument("--workers", type=int, default=3, help="threads in the worker pool")
+    from conveyor._cli._demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(demo)
     agent = commands.add_parser(
         "agent",
         help="receive DogStatsD, aggregate, export (stdout, Prometheus, JSON lines, upstream)",
@@ -58,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from conveyor._cli._demo import run_demo
 
-        return run_demo(events=args.events, capacity=args.capacity, workers=args.workers)
+        return run_demo(args)
     if args.command == "agent":
         from conveyor._cli._agent import run_agent
 

@@ -25,6 +25,7 @@ _KEYS = (
     "idle_timeout",
     "max_connections",
     "max_contexts",
+    "percentiles",
     "statsd_dialect",
     "workers",
 )
@@ -90,6 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="contexts per interval; more are dropped (100000)",
     )
     parser.add_argument(
+        "--percentiles",
+        type=_percents,
+        metavar="P,P,...",
+        help="percentiles reported for histograms and timings, in percent (default 50,95,99)",
+    )
+    parser.add_argument(
         "--statsd-dialect",
         action="store_true",
         default=None,
@@ -125,6 +132,22 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             settings[key] = value
     return settings
+
+
+def _percents(text: str | Sequence[float]) -> tuple[float, ...]:
+    """``"50,95,99.9"`` (or a TOML list of numbers) -> ``(50.0, 95.0, 99.9)``, checked."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        percents = [float(item) for item in items]
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"percentiles must be numbers between 0 and 100, like 50,95,99; got {text!r}"
+        ) from None
+    if not percents or not all(0 < p < 100 for p in percents):
+        raise argparse.ArgumentTypeError(
+            f"percentiles must be between 0 and 100 (exclusive), like 50,95,99; got {text!r}"
+        )
+    return tuple(sorted(set(percents)))
 
 
 def _host_port(text: str, what: str) -> tuple[str, int]:
@@ -167,27 +190,25 @@ def build_server(settings: dict[str, Any]) -> Any:
         for key in ("model", "idle_timeout", "max_connections")
         if key in settings
     }
+    options: dict[str, Any] = {
+        "flush_interval": settings.get("flush_interval", 10.0),
+        "max_contexts": settings.get("max_contexts", 100_000),
+        "statsd_dialect": bool(settings.get("statsd_dialect", False)),
+        "stream_options": stream_options,
+    }
+    if "percentiles" in settings:
+        try:  # a TOML list arrives unchecked
+            percents = _percents(settings["percentiles"])
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"--percentiles: {error}") from None
+        options["percentiles"] = tuple(p / 100 for p in percents)
     workers = settings.get("workers", 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers must be an integer >= 1, got {workers!r}")
+    listen = settings.get("listen") or [DEFAULT_URL]
     if workers > 1:
-        return AgentWorkers(
-            settings.get("listen") or [DEFAULT_URL],
-            backends,
-            workers=workers,
-            flush_interval=settings.get("flush_interval", 10.0),
-            max_contexts=settings.get("max_contexts", 100_000),
-            statsd_dialect=bool(settings.get("statsd_dialect", False)),
-            stream_options=stream_options,
-        )
-    return AgentServer(
-        settings.get("listen") or [DEFAULT_URL],
-        backends,
-        flush_interval=settings.get("flush_interval", 10.0),
-        max_contexts=settings.get("max_contexts", 100_000),
-        statsd_dialect=bool(settings.get("statsd_dialect", False)),
-        stream_options=stream_options,
-    )
+        return AgentWorkers(listen, backends, workers=workers, **options)
+    return AgentServer(listen, backends, **options)
 
 
 def run_agent(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:

@@ -236,86 +236,116 @@ class Aggregator:
                 "parse", "conveyor agent: skipped %d bad line(s): %s", bad, dict(result.errors)
             )
         now = self._clock()
-        full = self._contexts >= self._max_contexts
-        for metric in metrics:
-            mtype = metric.type
-            key: Key = (mtype, metric.name, _sorted(metric.tags))
-            values = metric.values
-            self._values += len(values) or 1
-            if mtype == "c":
-                counters = self._counters
-                total = counters.get(key)
-                if total is None:
-                    if full:
-                        self._refuse("max_contexts")
-                        continue
-                    total = 0.0
-                    self._contexts += 1
-                    full = self._contexts >= self._max_contexts
-                rate = metric.sample_rate
-                for value in values:
-                    total += value / rate
-                counters[key] = total
-            elif mtype == "g":
-                gauges = self._gauges
-                entry = gauges.get(key)
-                if entry is None:
-                    if full:
-                        self._refuse("max_contexts")
-                        continue
-                    self._contexts += 1
-                    full = self._contexts >= self._max_contexts
-                if metric.delta:
-                    if self._dialect:
-                        memory = self._gauge_memory
-                        current = memory.pop(key, 0.0)
-                    else:
-                        current = entry[0] if entry is not None else 0.0
+        # The hot loop: locals rather than attributes, one tuple unpacking per metric
+        # rather than an attribute read per field, counters and timings first.
+        counters = self._counters
+        sampled_contexts = self._sampled
+        max_contexts = self._max_contexts
+        max_samples = self._max_samples
+        random = self._random.random
+        contexts = self._contexts
+        values_seen = 0
+        try:
+            for name, mtype, values, rate, tags_as_sent, _, _, member, delta in metrics:
+                tags = tags_as_sent if len(tags_as_sent) < 2 else tuple(sorted(tags_as_sent))
+                key: Key = (mtype, name, tags)
+                values_seen += len(values) or 1
+                if mtype == "c":
+                    total = counters.get(key)
+                    if total is None:
+                        if contexts >= max_contexts:
+                            self._refuse("max_contexts")
+                            continue
+                        total = 0.0
+                        contexts += 1
                     for value in values:
-                        current += value
-                else:
-                    current = values[-1]
-                if self._dialect:
-                    self._remember(key, current)
-                gauges[key] = (current, now)
-            elif mtype == "s":
-                member = metric.set_value
-                if member is None:
-                    self._refuse("no_value")
-                    continue
-                members = self._sets.get(key)
-                if members is None:
-                    if full:
-                        self._refuse("max_contexts")
+                        total += value / rate
+                    counters[key] = total
+                elif mtype in {"ms", "h"}:
+                    sampled = sampled_contexts.get(key)
+                    if sampled is None:
+                        if contexts >= max_contexts:
+                            self._refuse("max_contexts")
+                            continue
+                        contexts += 1
+                        sampled = sampled_contexts[key] = _Sampled()
+                    if len(values) == 1:
+                        # _add_samples inline for the usual case: one value.
+                        value = values[0]
+                        weight = 1.0 / rate
+                        sampled.observations += 1
+                        sampled.count += weight
+                        sampled.total += value * weight
+                        if value < sampled.low:
+                            sampled.low = value
+                        if value > sampled.high:
+                            sampled.high = value
+                        samples = sampled.samples
+                        if len(samples) < max_samples:
+                            samples.append(value)
+                        else:
+                            slot = int(random() * sampled.observations)
+                            if slot < max_samples:
+                                samples[slot] = value
+                    else:
+                        self._add_samples(sampled, values, rate)
+                elif mtype == "g":
+                    gauges = self._gauges
+                    entry = gauges.get(key)
+                    if entry is None:
+                        if contexts >= max_contexts:
+                            self._refuse("max_contexts")
+                            continue
+                        contexts += 1
+                    if delta:
+                        if self._dialect:
+                            current = self._gauge_memory.pop(key, 0.0)
+                        else:
+                            current = entry[0] if entry is not None else 0.0
+                        for value in values:
+                            current += value
+                    else:
+                        current = values[-1]
+                    if self._dialect:
+                        self._remember(key, current)
+                    gauges[key] = (current, now)
+                elif mtype == "s":
+                    if member is None:
+                        self._refuse("no_value")
                         continue
-                    self._contexts += 1
-                    full = self._contexts >= self._max_contexts
-                    members = self._sets[key] = set()
-                members.add(member)
-            elif mtype == "d":
-                dist = self._distributions.get(key)
-                if dist is None:
-                    if full:
-                        self._refuse("max_contexts")
-                        continue
-                    self._contexts += 1
-                    full = self._contexts >= self._max_contexts
-                    dist = self._distributions[key] = _Distribution()
-                weight = 1.0 / metric.sample_rate
-                add = dist.sketch.add
-                for value in values:
-                    add(value, weight)
-                dist.observations += len(values)
-            else:  # "h", "ms"
-                sampled = self._sampled.get(key)
-                if sampled is None:
-                    if full:
-                        self._refuse("max_contexts")
-                        continue
-                    self._contexts += 1
-                    full = self._contexts >= self._max_contexts
-                    sampled = self._sampled[key] = _Sampled()
-                self._add_samples(sampled, values, metric.sample_rate)
+                    members = self._sets.get(key)
+                    if members is None:
+                        if contexts >= max_contexts:
+                            self._refuse("max_contexts")
+                            continue
+                        contexts += 1
+                        members = self._sets[key] = set()
+                    members.add(member)
+                elif mtype == "d":
+                    dist = self._distributions.get(key)
+                    if dist is None:
+                        if contexts >= max_contexts:
+                            self._refuse("max_contexts")
+                            continue
+                        contexts += 1
+                        dist = self._distributions[key] = _Distribution()
+                    weight = 1.0 / rate
+                    add = dist.sketch.add
+                    for value in values:
+                        add(value, weight)
+                    dist.observations += len(values)
+                else:  # a hand-built Metric of another type: as a histogram
+                    sampled = sampled_contexts.get(key)
+                    if sampled is None:
+                        if contexts >= max_contexts:
+                            self._refuse("max_contexts")
+                            continue
+                        contexts += 1
+                        sampled = sampled_contexts[key] = _Sampled()
+                    self._add_samples(sampled, values, rate)
+        finally:
+            self._contexts = contexts
+            self._values += values_seen
         if result.events or result.service_checks:
             self._events_in += len(result.events)
             self._checks_in += len(result.service_checks)
@@ -451,12 +481,6 @@ class Aggregator:
             flushes=self._flushes,
             last_flush_duration=self._last_flush_duration,
         )
-
-
-def _sorted(tags: tuple[str, ...]) -> tuple[str, ...]:
-    if len(tags) < 2:
-        return tags
-    return tuple(sorted(tags))
 
 
 def telemetry_series(

@@ -39,6 +39,7 @@ from conveyor.protocol import (
 from conveyor.transport import Transport, TransportError, transport_from_url
 
 from ._series import Series, Snapshot
+from ._sketch import quantile_value
 
 log = logging.getLogger("conveyor.agent")
 
@@ -316,34 +317,7 @@ def _label_key(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(labels.items()))
 
 
-class _Families:
-    """The metric families of one rendering, with name and label-set conflicts resolved
-    (the first one wins, the rest are counted): a malformed exposition would make
-    Prometheus reject the whole scrape."""
-
-    def __init__(self) -> None:
-        self.families: dict[str, Any] = {}
-        self.seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-        self.conflicts = 0
-
-    def family(self, name: str, kind: str, help_text: str) -> Any | None:
-        from prometheus_client.core import Metric
-
-        existing = self.families.get(name)
-        if existing is None:
-            existing = self.families[name] = Metric(name, help_text, kind)
-        elif existing.type != kind:
-            self.conflicts += 1
-            return None
-        return existing
-
-    def claim(self, name: str, labels: Mapping[str, str]) -> bool:
-        key = (name, _label_key(labels))
-        if key in self.seen:
-            self.conflicts += 1
-            return False
-        self.seen.add(key)
-        return True
+_SampleKey = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
 
 
 class PrometheusBackend:
@@ -353,24 +327,28 @@ class PrometheusBackend:
     :func:`prometheus_labels`):
 
     * counters: ``<name>_total`` counters holding the sum of every flush so far (a
-      Prometheus counter is cumulative; ``rate()`` does the rest). At most
-      ``max_counters`` are remembered, the least recently updated forgotten first
-      (Prometheus reads that as a counter reset, which ``rate()`` handles);
-    * gauges, and sets (their distinct count), as gauges, from the latest flush;
-    * histograms, timings and distributions as summaries: quantiles ``0`` (min), the
-      configured percentiles and ``1`` (max) from the latest flush, ``_count`` and
-      ``_sum`` cumulative like counters.
+      Prometheus counter is cumulative; ``rate()`` does the rest);
+    * gauges, and sets (their distinct count), as gauges holding the last value
+      received;
+    * histograms, timings and distributions as summaries: ``_count`` and ``_sum``
+      cumulative like counters, and quantiles ``0`` (min), the configured percentiles
+      and ``1`` (max) of the latest flush that had samples.
 
-    Only the latest snapshot's gauges, sets and quantiles are shown: a series absent
-    from it is absent from the scrape. A name used for two kinds (after
-    sanitising) keeps the first kind met; such conflicts are counted in
-    ``statistics().errors["conflict"]``. Binds ``127.0.0.1`` by default: exposing the
-    endpoint beyond the machine is a decision (pass ``host="0.0.0.0"``). ``port=0``
-    picks a free port (see :attr:`port`).
+    Every series stays in the scrape once seen, whether or not the latest flush had it:
+    a counter that vanished between two updates would read as a gap (and a reset) in
+    Prometheus, and a gauge keeps its last value, as StatsD means it. Memory is bounded
+    by ``max_series``: past it, the least recently updated series is forgotten
+    (Prometheus reads a forgotten counter that comes back as a reset, which ``rate()``
+    handles). A name used for two kinds (after sanitising) keeps the first kind met, and
+    two series of one flush with the same name and labels keep the first; both
+    conflicts are counted in ``statistics().errors["conflict"]``, since a malformed
+    exposition would make Prometheus reject the whole scrape. Binds ``127.0.0.1`` by
+    default: exposing the endpoint beyond the machine is a decision (pass
+    ``host="0.0.0.0"``). ``port=0`` picks a free port (see :attr:`port`).
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 9102, *, max_counters: int = 100_000
+        self, host: str = "127.0.0.1", port: int = 9102, *, max_series: int = 100_000
     ) -> None:
         try:
             from prometheus_client import start_http_server
@@ -379,11 +357,17 @@ class PrometheusBackend:
             raise ImportError(
                 "the Prometheus backend needs prometheus-client: pip install 'conveyor[agent]'"
             ) from exc
+        if max_series < 1:
+            raise ValueError(f"max_series must be >= 1, got {max_series}")
         self._lock = threading.Lock()
-        self._families: list[Any] = []
-        self._max_counters = max_counters
-        # (family name, label key) -> [total, labels]; counts and sums of summaries too.
-        self._totals: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], float] = OrderedDict()
+        self._rendered: list[Any] = []
+        self._max_series = max_series
+        # Family name -> (Prometheus kind, help text): the first kind met wins.
+        self._kinds: dict[str, tuple[str, str]] = {}
+        # Every remembered sample, least recently updated first: (family, labels, value).
+        self._samples: OrderedDict[_SampleKey, tuple[str, dict[str, str], float]] = OrderedDict()
+        # Summary quantiles of the latest flush that had each summary's samples.
+        self._quantiles: OrderedDict[_SampleKey, list[tuple[float, float]]] = OrderedDict()
         self._emits = 0
         self._written = 0
         self._errors: Counter[str] = Counter()
@@ -406,33 +390,37 @@ class PrometheusBackend:
     def collect(self) -> Iterable[Any]:
         """Called by prometheus_client on each scrape (from its server threads)."""
         with self._lock:
-            return list(self._families)
+            return list(self._rendered)
 
-    def _accumulate(self, name: str, labels: Mapping[str, str], amount: float) -> float:
-        key = (name, _label_key(labels))
-        totals = self._totals
-        total = totals.pop(key, 0.0) + amount
-        totals[key] = total
-        while len(totals) > self._max_counters:
-            totals.popitem(last=False)
-        return total
+    def _remember(self, family: str, sample: str, labels: dict[str, str], value: float) -> None:
+        key = (sample, _label_key(labels))
+        self._samples.pop(key, None)
+        self._samples[key] = (family, labels, value)
+
+    def _add(self, family: str, sample: str, labels: dict[str, str], amount: float) -> None:
+        previous = self._samples.get((sample, _label_key(labels)))
+        self._remember(family, sample, labels, (previous[2] if previous else 0.0) + amount)
 
     def emit(self, snapshot: Snapshot) -> None:
-        out = _Families()
-        written = 0
+        claimed: set[_SampleKey] = set()
+        conflicts = written = 0
         for series in snapshot.series:
             name = prometheus_name(series.name)
             kind = _PROM_KIND[series.kind]
             labels = prometheus_labels(series.tags)
-            family = out.family(name, kind, f"{series.kind} {series.name} (conveyor agent)")
-            if family is None or not out.claim(name, labels):
+            known = self._kinds.setdefault(
+                name, (kind, f"{series.kind} {series.name} (conveyor agent)")
+            )
+            claim = (name, _label_key(labels))
+            if known[0] != kind or claim in claimed:
+                conflicts += 1
                 continue
+            claimed.add(claim)
             written += 1
             if kind == "counter":
-                total = self._accumulate(name, labels, series.value)
-                family.add_sample(name + "_total", labels, total)
+                self._add(name, name + "_total", labels, series.value)
             elif kind == "gauge":
-                family.add_sample(name, labels, series.value)
+                self._remember(name, name, labels, series.value)
             else:
                 stats = dict(series.stats)
                 quantiles = [(0.0, stats.get("min", math.nan))]
@@ -441,18 +429,45 @@ class PrometheusBackend:
                     for q, (_, value) in zip(snapshot.percentiles, series.stats[5:], strict=False)
                 )
                 quantiles.append((1.0, stats.get("max", math.nan)))
-                for q, value in quantiles:
-                    family.add_sample(name, {**labels, "quantile": repr(q)}, value)
-                count = self._accumulate(name + "_count", labels, series.value)
-                total = self._accumulate(name + "_sum", labels, stats.get("sum", 0.0))
-                family.add_sample(name + "_count", labels, count)
-                family.add_sample(name + "_sum", labels, total)
-        if out.conflicts:
-            self._errors["conflict"] += out.conflicts
+                self._quantiles.pop(claim, None)
+                self._quantiles[claim] = quantiles
+                self._add(name, name + "_count", labels, series.value)
+                self._add(name, name + "_sum", labels, stats.get("sum", 0.0))
+        while len(self._samples) > self._max_series:
+            self._samples.popitem(last=False)
+        while len(self._quantiles) > self._max_series:
+            self._quantiles.popitem(last=False)
+        rendered = self._render()
+        if conflicts:
+            self._errors["conflict"] += conflicts
         with self._lock:
-            self._families = list(out.families.values())
+            self._rendered = rendered
         self._emits += 1
         self._written += written
+
+    def _render(self) -> list[Any]:
+        from prometheus_client.core import Metric
+
+        families: dict[str, Any] = {}
+
+        def family(name: str) -> Any:
+            metric = families.get(name)
+            if metric is None:
+                kind, help_text = self._kinds[name]
+                metric = families[name] = Metric(name, help_text, kind)
+            return metric
+
+        for (name, label_key), quantiles in self._quantiles.items():
+            count = self._samples.get((name + "_count", label_key))
+            if count is None:  # its count was forgotten: so are its quantiles
+                continue
+            for q, value in quantiles:
+                family(name).add_sample(name, {**count[1], "quantile": repr(q)}, value)
+        for (sample, _), (name, labels, value) in self._samples.items():
+            family(name).add_sample(sample, labels, value)
+        # A name whose every series was forgotten may come back as another kind.
+        self._kinds = {name: self._kinds[name] for name in families}
+        return list(families.values())
 
     def close(self) -> None:
         """Stops the HTTP server and waits for its thread."""
@@ -551,8 +566,7 @@ class StatsdForwarder:
         for i in range(k):
             # Evenly spaced ranks from the smallest to the largest value: with k equal
             # to the count, each value's own bucket.
-            value = sketch.get_quantile_value(i / (k - 1) if k > 1 else 0.5)
-            values.append(float(value) if value is not None else 0.0)
+            values.append(quantile_value(sketch, i / (k - 1) if k > 1 else 0.5))
         rate = min(1.0, k / count)
         chunk = 16
         start = 0

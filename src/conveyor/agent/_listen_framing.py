@@ -4,7 +4,9 @@ A stream has no packet boundaries, so the client frames each packet (see
 :mod:`conveyor.transport`): over a Unix stream a 4-byte little-endian length then the
 packet (the Datadog Agent's ``unixstream`` format), over TCP newline-terminated lines.
 A framer is fed whatever one ``recv()`` returned, in order, and gives back every
-packet that is now complete; a partial frame waits for the rest.
+packet that is now complete; a partial frame waits for the rest. At the end of the
+stream, ``finish()`` gives back what the end completes (a last line needs no newline)
+or counts the fragment left over.
 
 Everything is bounded: a frame longer than ``max_size`` is not buffered until it ends
 (a client that never sends the newline would otherwise grow the buffer for ever,
@@ -57,6 +59,12 @@ class Framer:
     def feed(self, data: bytes) -> list[bytes]:
         raise NotImplementedError
 
+    def finish(self, *, eof: bool) -> list[bytes]:
+        """The stream is over (``eof``: the client closed it; else the listener did):
+        the packets that what is still buffered completes, or :class:`FramingError` if
+        it is a fragment, so that it is counted rather than dropped unseen."""
+        raise NotImplementedError
+
 
 class LengthFramer(Framer):
     """4-byte little-endian length, then that many bytes; one packet per frame.
@@ -99,6 +107,15 @@ class LengthFramer(Framer):
             buffer += view[position:]
         return packets
 
+    def finish(self, *, eof: bool) -> list[bytes]:
+        held = len(self._buffer)
+        self._buffer.clear()
+        if held:
+            raise FramingError(
+                "truncated_frame", f"the stream ended inside a frame ({held} bytes of it came)"
+            )
+        return []
+
 
 class LineFramer(Framer):
     """Newline-terminated lines; every complete line of a read goes out in one packet.
@@ -139,6 +156,19 @@ class LineFramer(Framer):
         buffer += tail
         head = head.strip(b"\n")
         return [head] if head else []
+
+    def finish(self, *, eof: bool) -> list[bytes]:
+        """At end of stream the last line needs no newline (``printf 'a:1|c' | nc``);
+        a line cut off by the listener closing the connection is counted."""
+        tail = bytes(self._buffer)
+        self._buffer.clear()
+        if not tail.strip(b"\n"):
+            return []
+        if eof:
+            return [tail]
+        raise FramingError(
+            "truncated_line", f"the connection was closed inside a line ({len(tail)} bytes)"
+        )
 
     def _too_long(self, size: int, packets: list[bytes] | None = None) -> FramingError:
         return FramingError(

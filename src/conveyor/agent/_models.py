@@ -143,6 +143,19 @@ class Connection:
         self._sink(packets)
         return True
 
+    def finish(self) -> None:
+        """After the last ``feed``: what the framer still holds is the stream's last
+        packet, or a fragment that is counted as a framing error."""
+        if self.failed is not None:
+            return
+        try:
+            packets = self.framer.finish(eof=self.close_reason == "eof")
+        except FramingError as error:
+            self.failed = error.reason
+            self.notes.warning(error.reason, f"{self.name}: {error}")
+            return
+        self._sink(packets)
+
     def _sink(self, packets: list[bytes]) -> None:
         sink = self.sink
         for packet in packets:
@@ -198,6 +211,7 @@ class StreamBooks:
         with self.lock:
             if connection not in self.live:
                 return
+            connection.finish()
             self.live.discard(connection)
             self.packets += connection.packets
             self.bytes += connection.bytes

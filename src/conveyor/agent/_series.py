@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Literal
 
 from conveyor.protocol import Event, ServiceCheck
 
+from ._sketch import quantile_value
+
 if TYPE_CHECKING:
     from ddsketch.ddsketch import BaseDDSketch
 
@@ -51,18 +53,30 @@ def stat_name(quantile: float) -> str:
     return "p" + text.replace(".", "_")
 
 
+def _round_half_up(x: float) -> int:
+    """``x`` rounded to the nearest integer, halves up: JavaScript's ``Math.round``,
+    which etsy statsd uses (Python's ``round`` sends halves to even)."""
+    whole = math.floor(x)
+    return whole + 1 if x - whole >= 0.5 else whole
+
+
 def quantile_of_sorted(values: Sequence[float], q: float) -> float:
-    """The ``q``-quantile of sorted ``values``, interpolated linearly between the two
-    nearest ranks (Hyndman and Fan's type 7, numpy's default): the median of an even
-    number of values is the mean of the middle two, as etsy statsd reports it."""
+    """The ``q``-quantile of sorted ``values`` (not empty), as etsy statsd defines it.
+
+    The median (``q == 0.5``) is the middle value, or the mean of the middle two for an
+    even count. Any other percentile is the value at rank ``round(q * n)`` (1-based,
+    halves rounded up, at least 1): the largest of the lowest ``q`` share of the
+    values, etsy's ``upper_<pct>``. Always a value that was received, never one
+    interpolated between two (the Datadog agent also picks a received value).
+    """
     n = len(values)
-    if n == 1:
-        return values[0]
-    position = q * (n - 1)
-    low = math.floor(position)
-    high = min(low + 1, n - 1)
-    fraction = position - low
-    return values[low] + (values[high] - values[low]) * fraction
+    if q == 0.5:
+        middle = n // 2
+        if n % 2:
+            return values[middle]
+        return (values[middle - 1] + values[middle]) / 2
+    rank = _round_half_up(q * n)
+    return values[min(max(rank, 1), n) - 1]
 
 
 @dataclass(frozen=True)
@@ -174,8 +188,7 @@ def distribution_series(
     count = float(sketch.count)
 
     def quantile(q: float) -> float:
-        value = sketch.get_quantile_value(q)
-        return float(value) if value is not None else 0.0
+        return quantile_value(sketch, q)
 
     stats = sampled_stats(
         count, float(sketch.sum), float(sketch._min), float(sketch._max), quantile, percentiles
@@ -268,6 +281,23 @@ class Snapshot:
         )
 
 
+def _total(values: Iterable[float]) -> float:
+    """The sum of the parts' values, correctly rounded (``math.fsum``), so that merged
+    parts add up to what one aggregator would have found.
+
+    ``fsum`` raises where plain addition overflows (values near 1e308, which clients
+    may send and the parser accepts as finite) or meets ``inf - inf``; the merge must
+    not (an exception there lost the whole flush of every ``--workers`` process; found
+    by fuzz/agent_fuzz.py), so it then adds them plainly, to ``inf`` or ``nan`` as one
+    aggregator's running sums overflow too.
+    """
+    parts = list(values)
+    try:
+        return math.fsum(parts)
+    except (OverflowError, ValueError):
+        return sum(parts)
+
+
 def _merge_series(
     group: list[Series], interval: float, percentiles: Sequence[float], max_samples: int
 ) -> Series:
@@ -277,7 +307,7 @@ def _merge_series(
         return first
     kind = first.kind
     if kind == "counter":
-        total = math.fsum(series.value for series in group)
+        total = _total(series.value for series in group)
         return replace(first, value=total, rate=total * per_second)
     if kind == "gauge":
         return max(group, key=lambda series: series.received)
@@ -314,8 +344,8 @@ def _merge_series(
         first.tags,
         samples=samples,
         observations=observations,
-        count=math.fsum(series.value for series in group),
-        total=math.fsum(series.stat("sum") or 0.0 for series in group),
+        count=_total(series.value for series in group),
+        total=_total(series.stat("sum") or 0.0 for series in group),
         low=min(series.stat("min") or 0.0 for series in group),
         high=max(series.stat("max") or 0.0 for series in group),
         interval=interval,

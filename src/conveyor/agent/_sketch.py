@@ -41,3 +41,17 @@ def copy_sketch(sketch: BaseDDSketch) -> BaseDDSketch:
     fresh = new_sketch()
     fresh.merge(sketch)
     return fresh
+
+
+def quantile_value(sketch: BaseDDSketch, q: float) -> float:
+    """The sketch's ``q``-quantile (0.0 for an empty sketch).
+
+    A bucket near the largest double (a value such as ``1.79e308``, which the parser
+    accepts as finite) overflows when ddsketch turns it back into a value: the exact
+    extreme on that side stands in, since only the outermost buckets can overflow,
+    and a flush must never raise on what a client sent."""
+    try:
+        value = sketch.get_quantile_value(q)
+    except OverflowError:
+        return float(sketch._max if q >= 0.5 else sketch._min)
+    return float(value) if value is not None else 0.0

@@ -11,65 +11,98 @@ afterwards.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import threading
 import time
 from collections import deque
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from conveyor import lifecycle
-from conveyor.protocol import encode_metric
+from conveyor.protocol import encode_metric, encode_tags
 from conveyor.transport import Transport, transport_from_url
 
 from ._aggregator import Key
 from ._books import DROP_REASONS, ClientStatistics
-from ._options import TagsArg, environment_tags, normalize_tags, resolve_destination
+from ._dogstatsd import DogStatsdMethods, DogStatsdState, OriginEncoder
+from ._options import (
+    OVERFLOWS,
+    Overflow,
+    TagsArg,
+    environment_tags,
+    negated,
+    normalize_tags,
+    not_negative,
+    one_of,
+    origin_fields,
+    queue_policy,
+    resolve_destination,
+)
 from ._sender import Item, Sender
 from ._timed import Timed
-from ._wire import Encoder, check_name, encode_event, encode_service_check
-
-Overflow = Literal["drop_newest", "drop_oldest", "block"]
-_OVERFLOWS = ("drop_newest", "drop_oldest", "block")
+from ._wire import Encoder, check_name, checked_number, encode_event, encode_service_check
 
 _random = random.random
 _INLINE_TICK = 0.1  # seconds between rounds of inline work (threaded=False)
+_MAX_REMEMBERED = 10_000  # names, tag sets and counter keys remembered as checked
 _ONE = 1  # the small int CPython caches: `value is _ONE` is true only for the int 1
 _sched_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
-class Client:
+class Client(DogStatsdMethods):
     """A DogStatsD client whose calls never block, shared by every thread.
 
-    Call-compatible with ``datadog.DogStatsd``: ``increment``, ``decrement``, ``count``,
-    ``gauge``, ``histogram``, ``distribution``, ``timing``, ``set``, ``timed``, ``event``
-    and ``service_check`` take the same arguments. Calls go to a bounded queue; a
-    companion sender thread, started on first use, aggregates them per interval and
-    writes packets. ``flush()`` is a rendez-vous with that thread.
+    Call-compatible with ``datadog.DogStatsd``: the constructor takes DogStatsd's
+    arguments in DogStatsd's order, and the methods take the same arguments
+    (``docs/guides/from-datadog.md`` says what each DogStatsd option becomes). Calls go
+    to a bounded queue; a companion sender thread, started on first use, aggregates
+    them per interval and writes packets. ``flush()`` is a rendez-vous with that thread.
 
     Args:
         host, port: a UDP destination (default ``127.0.0.1:8125``, or the environment).
         namespace: prefixed to every metric name, with a dot.
-        tags: constant tags added to everything sent (``constant_tags`` is an alias).
+        constant_tags: tags added to everything sent (``tags=`` is the same).
+        flush_interval: the aggregation interval, in seconds.
+        use_ms: ``timed()`` and ``distributed()`` send milliseconds, not seconds.
+        socket_path: a Unix datagram socket (wins over ``host``/``port``).
+        default_sample_rate: the sample rate of calls that give none.
         url: ``udp://host:port``, ``unix:///path``, ``unixstream:///path`` or
             ``tcp://host:port``; wins over ``host``/``port``. Without any of these the
             client reads ``CONVEYOR_URL``, ``DD_DOGSTATSD_URL``, ``DD_DOGSTATSD_SOCKET``,
             ``DD_AGENT_HOST`` and ``DD_DOGSTATSD_PORT``.
         aggregate: fold calls per context for ``flush_interval`` seconds (counters
-            summed, gauges last, sets distinct, samples in a bounded reservoir). With
-            False every call is sent as its own line.
-        max_queue: the bound of each of the two queues between callers and the sender.
+            summed, gauges last, sets distinct, samples in a bounded reservoir of
+            ``max_samples_per_context``, 64 by default). With False every call is sent
+            as its own line. True by default.
+        max_queue: the bound of each of the two queues between callers and the sender
+            (65,536 by default).
         overflow: what a call does when its queue is full: ``"drop_newest"`` (the
             default), ``"drop_oldest"``, or ``"block"`` for up to ``block_timeout``
-            seconds, then drop. Every drop is counted by reason in ``statistics()``.
+            seconds (1 by default), then drop. Every drop is counted by reason in
+            ``statistics()``.
         threaded: False does the sender's work on the callers' threads, for hosts that
             allow no threads; the work then happens on a call once ``batch`` calls
             are waiting or 0.1 s has passed, on ``flush()`` and at exit.
         max_packet_size: the largest packet written (default: 1432 bytes for UDP, so
             that no datagram is fragmented; 8192 for Unix sockets and TCP).
         transport: a ready :class:`conveyor.transport.Transport` (overrides the URL).
+
+    The other positional parameters are DogStatsd's: ``disable_aggregation``
+    (``aggregate``), ``max_metric_samples_per_context`` (``max_samples_per_context``),
+    ``disable_background_sender`` (``threaded``), ``sender_queue_size``
+    (``max_queue``), ``sender_queue_timeout`` (``overflow``/``block_timeout``),
+    ``max_buffer_len`` (``max_packet_size``), ``use_default_route`` (the host becomes
+    the default gateway), ``container_id`` and ``cardinality`` (sent as ``|c:`` and
+    ``|card:`` on metric lines). The rest change nothing conveyor does and are accepted
+    for compatibility: ``max_buffer_size`` (unused by DogStatsd too),
+    ``disable_buffering`` (lines are always packed), ``disable_telemetry`` and
+    ``telemetry_*`` (conveyor sends no telemetry: ``statistics()`` has the facts),
+    ``origin_detection_enabled`` (conveyor reads no cgroups), ``socket_timeout``,
+    ``socket_connect_retry`` (the transport has its own timeouts and reconnects),
+    ``sender_queue_expiry_seconds`` (nothing queued expires) and ``track_instance``
+    (forks are always handled). A DogStatsd name given with its conveyor name raises
+    ``TypeError``.
     """
 
     OK = 0
@@ -81,28 +114,96 @@ class Client:
         self,
         host: str | None = None,
         port: int | None = None,
-        namespace: str | None = None,
-        tags: TagsArg = None,
-        *,
-        url: str | None = None,
-        socket_path: str | None = None,
-        constant_tags: TagsArg = None,
-        aggregate: bool = True,
+        max_buffer_size: int | None = None,
         flush_interval: float = 2.0,
-        max_samples_per_context: int = 64,
-        max_contexts: int = 50_000,
-        max_queue: int = 65_536,
-        overflow: Overflow = "drop_newest",
-        block_timeout: float = 1.0,
-        max_packet_size: int | None = None,
-        default_sample_rate: float = 1.0,
+        disable_aggregation: bool | None = None,
+        disable_buffering: bool = True,
+        namespace: str | None = None,
+        constant_tags: TagsArg = None,
         use_ms: bool = False,
-        threaded: bool = True,
+        use_default_route: bool = False,
+        socket_path: str | None = None,
+        default_sample_rate: float = 1.0,
+        disable_telemetry: bool = False,
+        telemetry_min_flush_interval: float = 10,
+        telemetry_host: str | None = None,
+        telemetry_port: int | str | None = None,
+        telemetry_socket_path: str | None = None,
+        max_buffer_len: int = 0,
+        max_metric_samples_per_context: int = 0,
+        container_id: str | None = None,
+        origin_detection_enabled: bool = True,
+        cardinality: str | None = None,
+        socket_timeout: float | None = 0,
+        telemetry_socket_timeout: float | None = 0,
+        disable_background_sender: bool | None = None,
+        sender_queue_size: int = 0,
+        sender_queue_timeout: float | None = 0,
+        sender_queue_expiry_seconds: float = 10.0,
+        track_instance: bool = True,
+        socket_connect_retry: bool = False,
+        *,
+        tags: TagsArg = None,
+        url: str | None = None,
+        aggregate: bool | None = None,
+        max_samples_per_context: int | None = None,
+        max_contexts: int = 50_000,
+        max_queue: int | None = None,
+        overflow: Overflow | None = None,
+        block_timeout: float | None = None,
+        max_packet_size: int | None = None,
+        threaded: bool | None = None,
         batch: int = 512,
         transport: Transport | None = None,
     ) -> None:
-        if overflow not in _OVERFLOWS:
-            raise ValueError(f"overflow must be one of {_OVERFLOWS}, not {overflow!r}")
+        # What used to be conveyor's third and fourth positional parameters (namespace,
+        # tags) now lands on DogStatsd's: say so rather than ignore a namespace.
+        if max_buffer_size is not None and (
+            not isinstance(max_buffer_size, int) or isinstance(max_buffer_size, bool)
+        ):
+            raise TypeError(
+                f"the third positional argument is DogStatsd's max_buffer_size (an int, "
+                f"unused), not {max_buffer_size!r}: pass namespace= and tags= by keyword"
+            )
+        if not isinstance(flush_interval, (int, float)) or isinstance(flush_interval, bool):
+            raise TypeError(
+                f"flush_interval (the fourth positional argument) must be a number of "
+                f"seconds, not {flush_interval!r}: pass namespace= and tags= by keyword"
+            )
+        aggregate = one_of(
+            "aggregate", aggregate, "disable_aggregation", negated(disable_aggregation)
+        )
+        threaded = one_of(
+            "threaded", threaded, "disable_background_sender", negated(disable_background_sender)
+        )
+        max_samples_per_context = one_of(
+            "max_samples_per_context",
+            max_samples_per_context,
+            "max_metric_samples_per_context",
+            not_negative("max_metric_samples_per_context", max_metric_samples_per_context) or None,
+        )
+        max_queue = one_of(
+            "max_queue",
+            max_queue,
+            "sender_queue_size",
+            not_negative("sender_queue_size", sender_queue_size) or None,
+        )
+        max_packet_size = one_of(
+            "max_packet_size",
+            max_packet_size,
+            "max_buffer_len",
+            not_negative("max_buffer_len", max_buffer_len) or None,
+        )
+        overflow, block_timeout = queue_policy(overflow, block_timeout, sender_queue_timeout)
+        container_field = origin_fields(container_id, None)
+        cardinality_field = origin_fields(None, cardinality)
+        origin = container_field + cardinality_field
+        if max_queue is None:
+            max_queue = 65_536
+        if max_samples_per_context is None:
+            max_samples_per_context = 64
+        if overflow not in OVERFLOWS:
+            raise ValueError(f"overflow must be one of {OVERFLOWS}, not {overflow!r}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         if not flush_interval > 0:
@@ -114,31 +215,44 @@ class Client:
         if tags is not None and constant_tags is not None:
             raise TypeError("give constant tags as tags= or constant_tags=, not both")
         if transport is None:
-            destination = resolve_destination(url, host, port, socket_path)
+            destination = resolve_destination(url, host, port, socket_path, use_default_route)
             transport = transport_from_url(destination.url, max_packet_size=max_packet_size)
         self._transport = transport
         constant = normalize_tags(tags if tags is not None else constant_tags) or ()
-        self._encoder = Encoder(
-            namespace, (*constant, *environment_tags()), transport.max_packet_size - 1
+        constant = (*constant, *environment_tags())
+        max_line = transport.max_packet_size - 1  # a packet, less the line's newline
+        self._encoder = (
+            OriginEncoder(namespace, constant, max_line, origin)
+            if origin
+            else Encoder(namespace, constant, max_line)
         )
-        self._names: set[str] = set()  # names already checked (bounded)
+        # What calls have already checked, each bounded (past the bound, calls check
+        # again): metric names, tag sets, and value-1 increments' (name, tags) keys.
+        self._names: set[str] = set()
+        self._tag_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._keys: dict[Key, Key] = {}
         self._overflow = overflow
         self._block_timeout = block_timeout
         self._max_queue = max_queue
         self._default_rate = default_sample_rate
         self._use_ms = use_ms
-        self._threaded = threaded
+        self._threaded = threaded is not False
         self._batch = batch
+        # What the DogStatsd-compatible methods need and the hot path never reads, in
+        # one attribute: the instance keeps few enough attributes for CPython's
+        # fastest attribute lookups.
+        self._dogstatsd = DogStatsdState(namespace or "", container_field, cardinality_field, batch)
         self._queue: deque[Item] = deque()
         self._increments: deque[Key] = deque()
         self._pressure_lock = threading.Lock()
+        self._fork_locks: dict[int, threading.Lock] = {}  # see _after_fork_without_hooks
         self._queue_drops = dict.fromkeys(DROP_REASONS, 0)
         self._closed = False
         self._wake_at = max(1, max_queue // 4)  # wake the sender early from here
         self._yield_at = max(self._wake_at, max_queue // 2)
         self._inline_due = 0.0
         self._sender_options = {
-            "aggregate": aggregate,
+            "aggregate": aggregate is not False,
             "flush_interval": flush_interval,
             "max_samples": max_samples_per_context,
             "max_contexts": max_contexts,
@@ -179,13 +293,18 @@ class Client:
         sample_rate: float | None = None,
     ) -> None:
         """Add ``value`` (default 1) to the counter ``metric``."""
-        if metric not in self._names:
-            self._check_name(metric)
         if tags is not None:
             tags = tuple(tags) if tags.__class__ is list else normalize_tags(tags)
         if value is _ONE and sample_rate is None:  # CPython caches 1: one identity test
+            # The queue takes the context's own key, checked and kept when the context
+            # was first seen: no new object per call stays alive until the sender runs,
+            # so the calls do not keep the cycle collector busy (docs/client.md).
+            try:
+                key = self._keys[metric, tags]
+            except (KeyError, TypeError):
+                key = self._first_key(metric, tags)
             queue = self._increments
-            queue.append((metric, tags))
+            queue.append(key)
             if len(queue) >= self._gate[0]:
                 self._pressure(queue)
         else:
@@ -199,7 +318,7 @@ class Client:
         sample_rate: float | None = None,
     ) -> None:
         """Subtract ``value`` (default 1) from the counter ``metric``."""
-        self.count(metric, -_number(value, metric), tags, sample_rate)
+        self.count(metric, -checked_number(value, metric), tags, sample_rate)
 
     def count(
         self, metric: str, value: float, tags: TagsArg = None, sample_rate: float | None = None
@@ -242,7 +361,7 @@ class Client:
         encode_metric(metric, "s", value)  # a member the format cannot carry raises here
         rate = self._rate(sample_rate, metric)
         if rate:
-            self._enqueue(("s", metric, value, _tags(tags), rate))
+            self._enqueue(("s", metric, value, self._checked_tags(tags), rate))
 
     def timed(
         self,
@@ -260,7 +379,11 @@ class Client:
         if metric is not None and metric not in self._names:
             self._check_name(metric)
         return Timed(
-            self, metric, _tags(tags), sample_rate, self._use_ms if use_ms is None else use_ms
+            self,
+            metric,
+            self._checked_tags(tags),
+            sample_rate,
+            self._use_ms if use_ms is None else use_ms,
         )
 
     def counter(self, metric: str, tags: TagsArg = None) -> BoundCounter:
@@ -268,7 +391,7 @@ class Client:
         skips every per-call check."""
         if metric not in self._names:
             self._check_name(metric)
-        return BoundCounter(self, metric, _tags(tags))
+        return BoundCounter(self, self._first_key(metric, _tags(tags)))
 
     # -- events and service checks ------------------------------------------------------
 
@@ -335,10 +458,13 @@ class Client:
         if metric not in self._names:
             self._check_name(metric)
         if tags is not None:
-            tags = tuple(tags) if tags.__class__ is list else normalize_tags(tags)
+            try:  # the tag set's own tuple, as for increments' keys
+                tags = self._tag_sets[tuple(tags) if tags.__class__ is list else tags]  # type: ignore[index]
+            except (KeyError, TypeError):
+                tags = self._checked_tags(tags)
         kind = value.__class__
         if kind is not int and (kind is not float or value - value != 0.0):  # NaN, inf
-            value = _number(value, metric)
+            value = checked_number(value, metric)
         if sample_rate is None and self._default_rate == 1.0:
             rate = 1.0
         else:
@@ -371,8 +497,34 @@ class Client:
 
     def _check_name(self, metric: str) -> None:
         check_name(metric)  # raises ValueError/TypeError with the reason
-        if len(self._names) < 10_000:
+        if len(self._names) < _MAX_REMEMBERED:
             self._names.add(metric)
+
+    def _checked_tags(self, tags: TagsArg) -> tuple[str, ...] | None:
+        """A tag set seen for the first time: normalised, checked (a tag that is not a
+        str raises here, at the call, rather than failing the sender's batch later) and
+        remembered, so that later calls queue this very tuple."""
+        tags = _tags(tags)
+        if tags is None:
+            return None
+        try:
+            return self._tag_sets[tags]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable tag: not a str, so encode_tags names it
+            pass
+        encode_tags(tags)  # raises ProtocolError (a ValueError) with the reason
+        if len(self._tag_sets) < _MAX_REMEMBERED:
+            self._tag_sets[tags] = tags
+        return tags
+
+    def _first_key(self, metric: str, tags: tuple[str, ...] | None) -> Key:
+        """The key of a counter context seen for the first time, checked and kept."""
+        self._check_name(metric)
+        key = (metric, self._checked_tags(tags))
+        if len(self._keys) < _MAX_REMEMBERED:
+            self._keys[key] = key
+        return key
 
     def _pressure(self, queue: deque[Any]) -> None:
         """The rare path: start the sender, wake it early, apply the overflow policy."""
@@ -403,9 +555,7 @@ class Client:
 
     def _pressure_locked(self, queue: deque[Any]) -> None:
         if self._pid != os.getpid():  # a fork no Python hook told us about (uWSGI)
-            item = queue.pop()  # this call's item: keep it, drop the parent's
-            self._after_fork_without_hooks()
-            queue.append(item)
+            self._after_fork_without_hooks(queue)
         with self._pressure_lock:
             if self._closed:
                 if queue:
@@ -508,14 +658,30 @@ class Client:
         self._sender = self._new_sender()
         self._gate[0] = 0
 
-    def _after_fork_without_hooks(self) -> None:
+    def _after_fork_without_hooks(self, queue: deque[Any] | None = None) -> None:
         """A fork made in C that ran no Python hook (uWSGI without
         ``py-call-osafterfork``). CPython's own threading state was not reset either:
         a lock a parent thread held at the fork stays held, and a new thread may
         deadlock on it. So this process never starts a sender thread: the callers'
-        threads do its work every ``batch`` calls, on ``flush()`` and at exit."""
-        self._lifecycle_after_fork()
-        self._threaded = False
+        threads do its work every ``batch`` calls, on ``flush()`` and at exit.
+
+        ``queue`` holds the parent's pending items (the parent sends them) and, last,
+        the item of the call that noticed the fork: that one is kept. Threads the child
+        started may notice the fork at once: one resets, the others wait for it and
+        reset nothing (a second reset would clear what was recorded after the first).
+        ``dict.setdefault`` is atomic, so they all get the same lock, made in this
+        process (a lock inherited from the parent may be held)."""
+        pid = os.getpid()
+        lock = self._fork_locks.setdefault(pid, threading.Lock())
+        with lock:
+            if self._pid == pid:
+                return
+            item = queue.pop() if queue else None
+            self._lifecycle_after_fork()
+            self._threaded = False
+            self._fork_locks = {pid: lock}  # nothing inherited is ever looked up
+            if queue is not None and item is not None:
+                queue.append(item)
 
     def _lifecycle_flush(self, deadline: float) -> None:
         """At exit, or at the end of a worker process: flush by ``deadline`` without
@@ -574,9 +740,9 @@ class BoundCounter:
 
     __slots__ = ("_client", "_gate", "_key", "_queue")
 
-    def __init__(self, client: Client, metric: str, tags: tuple[str, ...] | None) -> None:
+    def __init__(self, client: Client, key: Key) -> None:
         self._client = client
-        self._key: Key = (metric, tags)
+        self._key = key
         # The client's deque (cleared in place after a fork, never replaced) and its
         # fork gate (the same memory for the client's life), held directly: one
         # attribute read each instead of two.
@@ -595,26 +761,13 @@ class BoundCounter:
 
     def decrement(self, value: float = 1) -> None:
         """Subtract ``value`` (default 1)."""
-        self._client.count(self._key[0], -_number(value, self._key[0]), self._key[1])
+        self._client.count(self._key[0], -checked_number(value, self._key[0]), self._key[1])
 
 
 def _tags(tags: TagsArg) -> tuple[str, ...] | None:
     if tags is None:
         return None
     return tuple(tags) if tags.__class__ is list else normalize_tags(tags)
-
-
-def _number(value: object, metric: str) -> float:
-    if isinstance(value, (bool, str, bytes)):
-        raise TypeError(f"{metric!r}: the value must be a number, not {value!r}")
-    if not isinstance(value, (int, float)):
-        try:
-            value = float(value)  # type: ignore[arg-type]  # Decimal, numpy scalars...
-        except (TypeError, ValueError):
-            raise TypeError(f"{metric!r}: the value must be a number, not {value!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{metric!r}: the value must be finite, not {value!r}")
-    return value
 
 
 __all__ = ["BoundCounter", "Client"]

@@ -46,7 +46,8 @@ _ITEMS_PER_SLICE = 256
 _sched_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 #: Items on the general queue: (type, name, value, tags, rate) for metrics,
-#: ("_e", line_bytes) and ("_sc", line_bytes) for pre-encoded events and checks.
+#: ("_e", line_bytes) and ("_sc", line_bytes) for pre-encoded events and checks, and
+#: ("_t", line_bytes) for pre-encoded timestamped metrics (never aggregated).
 Item = tuple[Any, ...]
 
 
@@ -81,6 +82,8 @@ class Sender:
         self._aggregate = aggregate
         self._flush_interval = flush_interval
         self._tick = tick
+        self._max_samples = max_samples
+        self._max_contexts = max_contexts
         self._aggregator = Aggregator(max_samples, max_contexts)
         self._packer = Packer(transport.max_packet_size)
         self._packed_items = 0  # recorded items inside the packer's pending datagram
@@ -91,6 +94,7 @@ class Sender:
         self.space = threading.Condition(threading.Lock())  # callers blocked on a full queue
         self.blocked = 0
         self._thread: threading.Thread | None = None
+        self._keep_thread = True  # False: the thread ends after its round (stop_thread)
         self._next_flush = time.monotonic() + flush_interval
         self._stopped = False
         # The books (written by the sender only).
@@ -109,11 +113,12 @@ class Sender:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
+        self._keep_thread = True
         self._thread = threading.Thread(target=self._run, name="conveyor-sender", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stopped:
+        while not self._stopped and self._keep_thread:
             self.wakeup.wait(self._tick)
             self.wakeup.clear()
             self.woken = False
@@ -126,6 +131,35 @@ class Sender:
     def join(self, timeout: float | None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def stop_thread(self, timeout: float | None) -> bool:
+        """End the thread after its current round, leaving the transport open:
+        ``work()`` goes on working when callers call it. False if it is still running
+        after ``timeout`` seconds (it ends after its round all the same)."""
+        self._keep_thread = False
+        self.wakeup.set()
+        self.join(timeout)
+        return not self.running
+
+    def set_aggregation(
+        self, aggregate: bool, flush_interval: float | None, max_samples: int | None
+    ) -> None:
+        """Turn aggregation on or off for what is recorded from now on: what is queued
+        is taken first, as it was meant; turning aggregation off then sends what the
+        aggregator holds, so nothing folded stays behind; turning it on starts an empty
+        aggregator with ``max_samples`` (None: as before)."""
+        with self._work_lock:
+            self._drain(len(self.queue), len(self.increments))
+            if self._aggregate and not aggregate:
+                self._emit(self._aggregator.drain())
+            elif aggregate and not self._aggregate:
+                self._max_samples = max_samples or self._max_samples
+                self._aggregator = Aggregator(self._max_samples, self._max_contexts)
+            self._send_pending()
+            self._aggregate = aggregate
+            if flush_interval is not None:
+                self._flush_interval = flush_interval
+            self._next_flush = time.monotonic() + self._flush_interval
 
     # -- the work -----------------------------------------------------------------------
 
@@ -181,7 +215,7 @@ class Sender:
                     _sched_yield()  # as above: the application's threads get a turn
                 item = popleft()
                 type_ = item[0]
-                if type_ in {"_e", "_sc"}:
+                if type_ in {"_e", "_sc", "_t"}:
                     self._add(item[1], 1)
                 elif aggregate:
                     _, name, value, tags, rate = item

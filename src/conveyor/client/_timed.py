@@ -1,5 +1,5 @@
-"""``client.timed()``: one object that is a context manager and a decorator, for
-plain and coroutine functions alike."""
+"""``client.timed()`` and ``client.distributed()``: one object that is a context
+manager and a decorator, for plain and coroutine functions alike."""
 
 from __future__ import annotations
 
@@ -17,15 +17,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Timed:
-    """Times a ``with`` block, or every call of the function it decorates, and records
-    the duration with ``client.timing()``.
+    """Times a ``with`` block (or ``start()`` to ``stop()``), or every call of the
+    function it decorates, and records the duration with ``client.timing()``, or
+    ``client.distribution()`` for ``client.distributed()``.
 
     As a context manager it is not re-entrant and belongs to one thread (make one per
     block, as ``with client.timed("x"):`` does). As a decorator it starts a fresh timer
     per call, so a decorated function may run in many threads at once.
     """
 
-    __slots__ = ("_client", "_metric", "_rate", "_start", "_tags", "_use_ms", "elapsed")
+    __slots__ = (
+        "_client",
+        "_metric",
+        "_rate",
+        "_send",
+        "_start",
+        "_tags",
+        "_use_ms",
+        "elapsed",
+    )
 
     def __init__(
         self,
@@ -34,8 +44,11 @@ class Timed:
         tags: tuple[str, ...] | None,
         sample_rate: float | None,
         use_ms: bool,
+        *,
+        distribution: bool = False,
     ) -> None:
         self._client = client
+        self._send = client.distribution if distribution else client.timing
         self._metric = metric
         self._tags = tags
         self._rate = sample_rate
@@ -49,7 +62,7 @@ class Timed:
         if self._use_ms:
             elapsed *= 1000.0
         self.elapsed = elapsed
-        self._client.timing(metric, elapsed, self._tags, self._rate)
+        self._send(metric, elapsed, self._tags, self._rate)
 
     def __enter__(self) -> Timed:
         if self._metric is None:
@@ -65,6 +78,14 @@ class Timed:
     ) -> None:
         assert self._metric is not None
         self._record(self._metric, self._start)
+
+    def start(self) -> None:
+        """Start the timer (as entering a ``with`` block does)."""
+        self.__enter__()
+
+    def stop(self) -> None:
+        """Stop the timer and record the duration (as leaving a ``with`` block does)."""
+        self.__exit__(None, None, None)
 
     def __call__(self, function: F) -> F:
         metric = self._metric or f"{function.__module__}.{function.__qualname__}"

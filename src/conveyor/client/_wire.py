@@ -3,6 +3,7 @@ errors turned into values the sender can count instead of exceptions."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 from conveyor.protocol import (
@@ -13,7 +14,14 @@ from conveyor.protocol import (
     encode_tags,
 )
 
-__all__ = ["Encoder", "WireError", "check_name", "encode_event", "encode_service_check"]
+__all__ = [
+    "Encoder",
+    "WireError",
+    "check_name",
+    "checked_number",
+    "encode_event",
+    "encode_service_check",
+]
 
 
 class WireError(ProtocolError):
@@ -25,6 +33,21 @@ def check_name(metric: str) -> None:
     if not isinstance(metric, str):
         raise TypeError(f"metric name must be a str, not {type(metric).__name__} {metric!r}")
     encode_metric(metric, "c", 0)  # the protocol's checks, and its name cache
+
+
+def checked_number(value: object, metric: str) -> float:
+    """``value`` as an int or float, or a clear error naming ``metric``: a bool, a str
+    or anything non-numeric raises ``TypeError``, a NaN or an infinity ``ValueError``."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{metric!r}: the value must be a number, not {value!r}")
+    if not isinstance(value, (int, float)):
+        try:
+            value = float(value)  # type: ignore[arg-type]  # Decimal, numpy scalars...
+        except (TypeError, ValueError):
+            raise TypeError(f"{metric!r}: the value must be a number, not {value!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{metric!r}: the value must be finite, not {value!r}")
+    return value
 
 
 class Encoder:

@@ -44,7 +44,9 @@ class DeliveryStatistics:
     ``recovered`` counts items left in the spool by an earlier process and loaded by
     this one. ``rejected`` is keyed by the response's reason (``"400 Bad Request"``).
     ``pending`` is the sum of what is queued, being sent, waiting for a retry and, with
-    a spool, still on disk from an earlier process.
+    a spool, still on disk from an earlier process. ``inline`` is True in a process
+    that may not start threads (a child forked in C without Python hooks): there the
+    callers of ``submit()``, ``flush()`` and the exit flush do the delivery work.
     """
 
     submitted: int
@@ -65,6 +67,7 @@ class DeliveryStatistics:
     spooled: int
     spool_rows: int
     destination: str
+    inline: bool = False
     dropped_total: int = field(init=False)
     rejected_total: int = field(init=False)
 

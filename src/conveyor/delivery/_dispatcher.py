@@ -24,6 +24,14 @@ The path of an item, and who owns it at each step::
 Fork and exit follow :mod:`conveyor.lifecycle`: a forked child starts with an empty
 ring, fresh locks, no threads and its own spool connection; at exit the exiting thread
 helps the workers drain within the deadline, without starting a thread.
+
+*Inline mode*: in a child forked in C without Python hooks (uWSGI without
+``py-call-osafterfork``) CPython's thread state was not reset and a new thread may
+deadlock, so no thread is ever started there. ``submit()`` does the work instead, on
+the caller's thread: at most one *round* per call, when a tick has passed since the
+last round or a full batch waits. A round commits the spool's window, moves due
+retries, and sends at most one batch, only if the breaker permits, with the request
+capped at ``inline_timeout``. A retry that is not due is never waited for.
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ log = logging.getLogger("conveyor.delivery")
 Overflow = Literal["drop_oldest", "drop_newest", "block"]
 _OVERFLOWS = ("drop_oldest", "drop_newest", "block")
 
+_INLINE_TICK = 0.1  # clock seconds between inline rounds that a full batch does not force
 _WAKE = 1 << 62  # what a worker's poll returns for "not a cursor, but look around"
 _FRESH, _SPOOLED, _DEAD = 0, 1, 2  # slot states
 _sched_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
@@ -133,6 +142,10 @@ class Dispatcher:
         breaker_threshold, breaker_cooldown: consecutive failed requests that open
             the circuit breaker, and its first cool-down (doubling while probes fail,
             up to ``retry.maximum``).
+        inline_timeout: in a process that may not start threads (a child forked in C
+            without Python hooks, e.g. by uWSGI without ``py-call-osafterfork``), the
+            cap in seconds of the one request a ``submit()`` may make on its caller's
+            thread (see ``docs/delivery.md``, "Inline mode").
         clock, wall_clock: injectable time sources (monotonic, and epoch seconds for
             ``Retry-After`` dates), for tests.
     """
@@ -156,6 +169,7 @@ class Dispatcher:
         grow_age: float = 0.25,
         breaker_threshold: int = 5,
         breaker_cooldown: float = 1.0,
+        inline_timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         name: str = "conveyor-delivery",
@@ -168,8 +182,8 @@ class Dispatcher:
             )
         if max_queue < 1 or max_spool < 1:
             raise ValueError("max_queue and max_spool must be >= 1")
-        if not spool_window > 0 or not idle_timeout > 0:
-            raise ValueError("spool_window and idle_timeout must be > 0 seconds")
+        if not spool_window > 0 or not idle_timeout > 0 or not inline_timeout > 0:
+            raise ValueError("spool_window, idle_timeout and inline_timeout must be > 0 seconds")
         self._transport = transport
         self._min_workers = min_workers
         self._max_workers = max_workers
@@ -186,11 +200,12 @@ class Dispatcher:
         self._grow_age = grow_age
         self._breaker_threshold = breaker_threshold
         self._breaker_cooldown = breaker_cooldown
+        self._inline_timeout = inline_timeout
         self._clock = clock
         self._wall_clock = wall_clock
         self._name = name
-        self._log = RateLimitedLog(log)
         self._closed = False
+        self._fork_locks: dict[int, threading.Lock] = {}  # see _after_fork_without_hooks
         self._fork_gate = lifecycle.ForkGate()
         self._gate = self._fork_gate.cell  # 0: take the rare path (not started, forked, closed)
         self._setup(recover=True)
@@ -198,9 +213,10 @@ class Dispatcher:
         if self._spool is not None and self._spool.leftovers:
             self._ensure_started()  # an earlier process left items: send them now
 
-    def _setup(self, *, recover: bool) -> None:
-        """Everything a process owns: made at construction and again in a forked child."""
-        self._pid = os.getpid()
+    def _setup(self, *, recover: bool, threads: bool = True) -> None:
+        """Everything a process owns: made at construction and again in a forked child.
+        ``threads`` False: this process must not start threads (inline mode)."""
+        self._log = RateLimitedLog(log)  # its lock may have been held at the fork
         self._prefix = f"{os.getpid():x}-{random.getrandbits(48):012x}-"
         capacity = _power_of_two(self._max_queue)
         self._ring: RingQueue[_Slot] = RingQueue(_Slot, capacity)
@@ -233,7 +249,10 @@ class Dispatcher:
         self._pool = Pool(self._worker_main, self._min_workers, self._max_workers, self._name)
         self._start_lock = threading.Lock()
         self._started = False
-        self._threads_ok = True  # False after a fork that ran no Python hook
+        self._threads_ok = threads  # False after a fork that ran no Python hook
+        self._inline_lock = threading.Lock()  # one inline round at a time; never waited for
+        self._inline_due = -1e18  # clock time of the next inline round (the first call: now)
+        self._inline_batch = min(self._transport.max_batch_items, self._max_queue)
         self._stop = False
         self._exiting = False
         self._wakeup = threading.Event()  # the supervisor's
@@ -244,6 +263,9 @@ class Dispatcher:
         self._supervisor_passes = 0
         self._pass_cond = threading.Condition(threading.Lock())
         self._gate[0] = 0
+        # Last: another thread of a child forked without hooks that sees this pid
+        # finds everything above already made for this process.
+        self._pid = os.getpid()
 
     # -- submitting: the hot path -------------------------------------------------------
 
@@ -269,16 +291,75 @@ class Dispatcher:
         return self._submit_full(item)
 
     def _submit_rare(self, item: object) -> bool:
-        """First call, first call in a forked child, or after close()."""
+        """First call, first call in a forked child, after close(), every call in
+        inline mode."""
         if self._pid != os.getpid():
             self._after_fork_without_hooks()
         if self._closed:
             self._books.refuse("closed")
             return False
-        self._ensure_started()
-        if not self._gate[0]:  # could not start (exit in progress): queue anyway
-            return self._claim_and_fill(item)
-        return self.submit(item)
+        if not self._started:  # once True it stays so in this process: no lock needed
+            self._ensure_started()
+        if self._gate[0]:
+            return self.submit(item)
+        if not self._threads_ok:
+            return self._submit_inline(item)
+        return self._claim_and_fill(item)  # could not start (exit in progress): queue anyway
+
+    # -- inline mode: no threads in this process ---------------------------------------
+
+    def _submit_inline(self, item: object) -> bool:
+        """Queue ``item``, and do at most one round of the workers' work (see
+        :meth:`_inline_round`): after queueing, so that the item itself may leave in
+        this call, or before, when the queue is full, to make room for it."""
+        full = self._pub.current() - self._sub.current() >= self._max_queue
+        if full:
+            self._inline_round()
+        accepted = self._claim_and_fill(item)
+        if not full:
+            self._inline_round()
+        return accepted
+
+    def _inline_round(self, *, force: bool = False, deadline: float | None = None) -> bool:
+        """The workers' and the spool writer's work, once, on the caller's thread.
+
+        Runs when ``force``, when ``_INLINE_TICK`` clock seconds have passed since the
+        last round, or when a full batch waits and the breaker would let it go. It
+        commits the spool's window, moves due retries (a retry not yet due is not
+        waited for) and, if the breaker permits, sends one batch, the request capped at
+        ``inline_timeout`` (or ``deadline``, if sooner). A round in progress on another
+        thread is not waited for. True if a batch was sent.
+        """
+        now = self._clock()
+        if not force and now < self._inline_due:
+            depth = self._pub.current() - self._sub.current() + len(self._ready)
+            if depth < self._inline_batch or self._breaker.blocked():
+                return False
+        if not self._inline_lock.acquire(blocking=False):
+            return False
+        try:
+            self._inline_due = now + _INLINE_TICK
+            if self._stage is not None:
+                self._spool_cycle()
+            self._move_due_retries()
+            permit = self._breaker.permit()
+            if permit == WAIT:
+                return False
+            batch = self._take(None)
+            if not batch:
+                if permit == PROBE:
+                    self._breaker.unused_probe()
+                return False
+            limit = time.monotonic() + self._inline_timeout
+            self._send(batch, permit == PROBE, limit if deadline is None else min(limit, deadline))
+            return True
+        except Exception as error:  # submit() must not raise for the delivery's sake
+            self._log.warning(
+                "inline_error", f"conveyor: an inline delivery round failed: {error!r}"
+            )
+            return False
+        finally:
+            self._inline_lock.release()
 
     def _claim_and_fill(self, item: object) -> bool:
         cursor = -2
@@ -347,6 +428,8 @@ class Dispatcher:
         return True
 
     def _block(self, item: object) -> bool:
+        if not self._threads_ok:
+            return self._block_inline(item)
         pub, sub, limit = self._pub, self._sub, self._max_queue
 
         def poll() -> int:
@@ -367,6 +450,30 @@ class Dispatcher:
             return False
         self._fill(cursor, item)
         return True
+
+    def _block_inline(self, item: object) -> bool:
+        """``overflow="block"`` in inline mode: no worker will make room, so the caller
+        spends its ``block_timeout`` doing rounds itself (each request capped by what
+        is left of it), pausing only while the breaker says wait."""
+        deadline = time.monotonic() + self._block_timeout
+        while not self._closed:
+            if self._pub.current() - self._sub.current() < self._max_queue:
+                cursor = self._pub.next()
+                if cursor >= 0:
+                    self._fill(cursor, item)
+                    return True
+                if cursor == -2:
+                    continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if not self._inline_round(force=True, deadline=deadline):
+                pause = self._breaker.wait_time()
+                self._breaker.wait(min(remaining, max(0.001, min(pause, 0.05))))
+        reason = "closed" if self._closed else "block_timeout"
+        self._books.refuse(reason)
+        self._log.warning(reason, f"conveyor dropped an item: {reason}")
+        return False
 
     # -- starting -----------------------------------------------------------------------
 
@@ -901,6 +1008,8 @@ class Dispatcher:
 
     def statistics(self) -> DeliveryStatistics:
         """A snapshot of the books (see :class:`DeliveryStatistics`)."""
+        if self._pid != os.getpid():
+            self._after_fork_without_hooks()  # not the parent's books
         books = self._books
         spool = self._spool
         with books.lock:
@@ -933,27 +1042,36 @@ class Dispatcher:
             spooled=spool.committed if spool is not None else 0,
             spool_rows=spool.rows if spool is not None else 0,
             destination=self._transport.url,
+            inline=not self._threads_ok,
         )
 
     # -- fork and exit (called by conveyor.lifecycle) -----------------------------------
 
-    def _lifecycle_after_fork(self) -> None:
+    def _lifecycle_after_fork(self, *, threads: bool = True) -> None:
         """In a forked child: the parent's queue, retries and spool rows stay the
         parent's; locks a parent thread held are replaced; no thread is started until
         the child submits; the spool gets a connection of the child's own."""
-        closed = self._closed
-        self._setup(recover=False)
-        self._closed = closed
         reset = getattr(self._transport, "reset_after_fork", None)
         if reset is not None:
-            reset()
+            reset()  # first: a thread that sees the new pid may send at once
+        self._setup(recover=False, threads=threads)
+        if threads:  # a Python fork hook runs on the child's only thread
+            self._fork_locks = {}
 
     def _after_fork_without_hooks(self) -> None:
         """A fork made in C that ran no Python hook (uWSGI): CPython's thread state
-        was not reset either, so this process never starts threads; flush() and the
-        exit flush do the work on the caller's thread."""
-        self._lifecycle_after_fork()
-        self._threads_ok = False
+        was not reset either, so this process never starts threads (inline mode:
+        submit(), flush() and the exit flush do the work on the caller's thread).
+
+        Several threads of the child may notice the fork at once: one resets, the
+        others wait for it. ``dict.setdefault`` is atomic, so they all get the same
+        lock, made in this process (a lock inherited from the parent may be held)."""
+        pid = os.getpid()
+        lock = self._fork_locks.setdefault(pid, threading.Lock())
+        with lock:
+            if self._pid != pid:
+                self._lifecycle_after_fork(threads=False)
+                self._fork_locks = {pid: lock}  # nothing inherited is ever looked up
 
     def _lifecycle_flush(self, deadline: float) -> None:
         """At exit or at the end of a worker process: deliver what is held by

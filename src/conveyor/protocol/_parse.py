@@ -243,6 +243,18 @@ def _parse_options(text: str) -> _Options | str:
     return options
 
 
+# Whole metric lines seen before, with what they parsed to, for the types whose lines
+# repeat verbatim: a counter's increments (``requests:1|c|#route:/a``), a gauge's few
+# states, a set's members. Timings, histograms and distributions carry measurements
+# that seldom repeat: remembering those would only churn the cache. One cache per
+# dialect (a signed gauge means two things); bounded like _OPTIONS_CACHE (at most
+# _LINE_CACHE_MAX lines of up to _CACHED_LEN characters, then all forgotten at once).
+# A Metric is immutable, so the packets that share a line share its Metric.
+_LINE_CACHES: tuple[dict[str, Metric], dict[str, Metric]] = ({}, {})
+_LINE_CACHE_MAX = 4096
+_REPEATING_TYPES = frozenset(("c", "g", "s"))
+
+
 def _count(errors: dict[str, int], reason: str) -> None:
     errors[reason] = errors.get(reason, 0) + 1
 
@@ -253,16 +265,23 @@ def _parse_lines(
     """Parse ``lines`` (no line ends) into ``result``.
 
     The hot loop: per line it calls only C methods and dict lookups, and builds the
-    Metric with ``tuple.__new__`` (a third of the cost of ``Metric(...)``). It only
-    looks for events and service checks when the packet holds any (``special``).
+    Metric with ``tuple.__new__`` (a third of the cost of ``Metric(...)``). A line
+    seen before (see ``_LINE_CACHES``) costs one lookup. It only looks for events and
+    service checks when the packet holds any (``special``).
     """
     new = tuple.__new__
     types = _TYPES
     number_chars = _NUMBER_CHARS
     options_cache = _OPTIONS_CACHE
+    line_cache = _LINE_CACHES[statsd_dialect]
+    repeating = _REPEATING_TYPES
     append = result.metrics.append
     errors = result.errors
     for line in lines:
+        metric = line_cache.get(line)
+        if metric is not None:
+            append(metric)
+            continue
         if not line:
             continue
         if special and line[0] == "_":
@@ -329,16 +348,22 @@ def _parse_lines(
                     continue
                 delta = signed
         if len(fields) == 2:
-            append(new(Metric, (name, mtype, values, 1.0, (), None, None, set_value, delta)))
-            continue
-        options = options_cache.get(fields[2])
-        if options is None:
-            parsed = _parse_options(fields[2])
-            if isinstance(parsed, str):
-                _count(errors, parsed)
-                continue
-            options = parsed
-        append(new(Metric, (name, mtype, values, *options, set_value, delta)))
+            metric = new(Metric, (name, mtype, values, 1.0, (), None, None, set_value, delta))
+        else:
+            options = options_cache.get(fields[2])
+            if options is None:
+                parsed = _parse_options(fields[2])
+                if isinstance(parsed, str):
+                    _count(errors, parsed)
+                    continue
+                options = parsed
+            metric = new(Metric, (name, mtype, values, *options, set_value, delta))
+        append(metric)
+        # Not with a timestamp: those lines differ from one second to the next.
+        if mtype in repeating and metric.timestamp is None and len(line) <= _CACHED_LEN:
+            if len(line_cache) >= _LINE_CACHE_MAX:
+                line_cache.clear()
+            line_cache[line] = metric
 
 
 def parse_packet(
