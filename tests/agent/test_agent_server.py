@@ -4,7 +4,6 @@ real sockets, the outputs read back; and `conveyor agent` as a real process."""
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -113,38 +112,18 @@ def test_bad_lines_are_counted_and_the_rest_of_the_packet_still_counts(
 
 
 def test_the_command_line_agent_flushes_at_sigterm(tmp_path: Path) -> None:
-    jsonl = tmp_path / "out.jsonl"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "conveyor",
-            "agent",
-            "--listen",
-            "udp://127.0.0.1:0",
-            "--jsonl",
-            str(jsonl),
-            "--flush-interval",
-            "3600",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    from agent_process_support import start_agent
+
+    agent = start_agent(tmp_path, ["udp://127.0.0.1:0"])
     try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        assert line.startswith("conveyor agent: listening on udp://127.0.0.1:"), line
-        port = int(line.strip().rsplit(":", 1)[1])
+        assert agent.urls[0].startswith("udp://127.0.0.1:"), agent.urls
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             for _ in range(100):
-                sender.sendto(b"cli.hits:1|c", ("127.0.0.1", port))
+                sender.sendto(b"cli.hits:1|c", agent.udp_address())
         # The datagrams are in the agent's socket buffer now; SIGTERM must not lose them.
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        records = agent.stop()
     finally:
-        if process.poll() is None:
-            process.kill()
-    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        agent.kill()
     assert sum(r["value"] for r in records if r["name"] == "cli.hits") == 100
 
 

@@ -208,37 +208,16 @@ def test_the_worker_count_is_checked(count: object) -> None:
 
 @pytest.mark.timeout(90)
 def test_the_command_line_agent_with_two_workers_flushes_at_sigterm(tmp_path: Path) -> None:
-    jsonl = tmp_path / "out.jsonl"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "conveyor",
-            "agent",
-            "--workers",
-            "2",
-            "--listen",
-            "udp://127.0.0.1:0",
-            "--jsonl",
-            str(jsonl),
-            "--flush-interval",
-            "3600",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    from agent_process_support import start_agent
+
+    agent = start_agent(tmp_path, ["udp://127.0.0.1:0"], "--workers", "2")
     try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        assert line.startswith("conveyor agent: listening on udp://127.0.0.1:"), line
-        _send(_port(line.strip()), 400, b"cli.hits:1|c")
+        assert agent.urls[0].startswith("udp://127.0.0.1:"), agent.urls
+        _send(agent.udp_address()[1], 400, b"cli.hits:1|c")
         # The datagrams are in the workers' socket buffers: SIGTERM must not lose them.
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        records = agent.stop(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        agent.kill()
     assert sum(r["value"] for r in records if r["name"] == "cli.hits") == 400
     workers = {tag for r in records for tag in r.get("tags", ()) if tag.startswith("worker:")}
     assert workers == {"worker:0", "worker:1"}
