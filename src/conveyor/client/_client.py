@@ -227,10 +227,13 @@ class Client(DogStatsdMethods):
             else Encoder(namespace, constant, max_line)
         )
         # What calls have already checked, each bounded (past the bound, calls check
-        # again): metric names, tag sets, and value-1 increments' (name, tags) keys.
+        # again): metric names, tag sets, and contexts. A context's key is found by
+        # name, then by tags, so that a call builds no (name, tags) tuple to look it
+        # up: `_contexts[name][tags]` is the context's (name, tags) key, made once.
         self._names: set[str] = set()
         self._tag_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._keys: dict[Key, Key] = {}
+        self._contexts: dict[str, dict[tuple[str, ...] | None, Key]] = {}
+        self._context_count = 0
         self._overflow = overflow
         self._block_timeout = block_timeout
         self._max_queue = max_queue
@@ -293,16 +296,16 @@ class Client(DogStatsdMethods):
         sample_rate: float | None = None,
     ) -> None:
         """Add ``value`` (default 1) to the counter ``metric``."""
-        if tags is not None:
-            tags = tuple(tags) if tags.__class__ is list else normalize_tags(tags)
         if value is _ONE and sample_rate is None:  # CPython caches 1: one identity test
             # The queue takes the context's own key, checked and kept when the context
             # was first seen: no new object per call stays alive until the sender runs,
-            # so the calls do not keep the cycle collector busy (docs/client.md).
+            # so the calls do not keep the cycle collector busy (docs/client.md). Only
+            # a list is turned into a tuple here; None and tuples are looked up as they
+            # are; anything else (a dict) misses and goes through `_context`.
             try:
-                key = self._keys[metric, tags]
+                key = self._contexts[metric][tuple(tags) if tags.__class__ is list else tags]  # type: ignore[arg-type]
             except (KeyError, TypeError):
-                key = self._first_key(metric, tags)
+                key = self._context(metric, tags)
             queue = self._increments
             queue.append(key)
             if len(queue) >= self._gate[0]:
@@ -391,7 +394,7 @@ class Client(DogStatsdMethods):
         skips every per-call check."""
         if metric not in self._names:
             self._check_name(metric)
-        return BoundCounter(self, self._first_key(metric, _tags(tags)))
+        return BoundCounter(self, self._context(metric, tags))
 
     # -- events and service checks ------------------------------------------------------
 
@@ -455,13 +458,10 @@ class Client(DogStatsdMethods):
     ) -> None:
         """Every metric but value-1 increments and sets: checks, then one append.
         Kept in one function, with nothing else called on the common path."""
-        if metric not in self._names:
-            self._check_name(metric)
-        if tags is not None:
-            try:  # the tag set's own tuple, as for increments' keys
-                tags = self._tag_sets[tuple(tags) if tags.__class__ is list else tags]  # type: ignore[index]
-            except (KeyError, TypeError):
-                tags = self._checked_tags(tags)
+        try:  # the context's own tag tuple, found as increments find their keys
+            tags = self._contexts[metric][tuple(tags) if tags.__class__ is list else tags][1]  # type: ignore[arg-type]
+        except (KeyError, TypeError):
+            tags = self._context(metric, tags)[1]
         kind = value.__class__
         if kind is not int and (kind is not float or value - value != 0.0):  # NaN, inf
             value = checked_number(value, metric)
@@ -518,12 +518,24 @@ class Client(DogStatsdMethods):
             self._tag_sets[tags] = tags
         return tags
 
-    def _first_key(self, metric: str, tags: tuple[str, ...] | None) -> Key:
-        """The key of a counter context seen for the first time, checked and kept."""
-        self._check_name(metric)
-        key = (metric, self._checked_tags(tags))
-        if len(self._keys) < _MAX_REMEMBERED:
-            self._keys[key] = key
+    def _context(self, metric: str, tags: TagsArg) -> Key:
+        """The (name, tags) key of a context the fast lookup missed: tags given in
+        another form (a dict), a context seen for the first time (checked, then kept),
+        or any context once ``_MAX_REMEMBERED`` are kept (checked on every call)."""
+        if not (metric.__class__ is str and metric in self._names):
+            self._check_name(metric)  # raises for a name the format cannot carry
+        tags = self._checked_tags(tags)  # normalised and hashable from here
+        by_tags = self._contexts.get(metric)
+        if by_tags is not None:
+            key = by_tags.get(tags)
+            if key is not None:
+                return key
+        key = (metric, tags)
+        if self._context_count < _MAX_REMEMBERED:
+            # setdefault twice: two threads meeting a new context here keep one table
+            # and one key between them (a racing count only moves the bound by one).
+            key = self._contexts.setdefault(metric, {}).setdefault(tags, key)
+            self._context_count += 1
         return key
 
     def _pressure(self, queue: deque[Any]) -> None:

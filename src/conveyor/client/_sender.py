@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 from collections import Counter, deque
@@ -37,13 +36,6 @@ from ._books import DROP_REASONS
 from ._wire import Encoder, WireError
 
 log = logging.getLogger("conveyor.client")
-
-# How much the sender does before giving the GIL away once (about 0.1-0.3 ms each): a
-# whole drain at once held it for ~1.8 ms in the interference benchmark, and every
-# request that arrived meanwhile waited for it.
-_INCREMENTS_PER_SLICE = 4096
-_ITEMS_PER_SLICE = 256
-_sched_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 #: Items on the general queue: (type, name, value, tags, rate) for metrics,
 #: ("_e", line_bytes) and ("_sc", line_bytes) for pre-encoded events and checks, and
@@ -119,7 +111,7 @@ class Sender:
 
     def _run(self) -> None:
         while not self._stopped and self._keep_thread:
-            self.wakeup.wait(self._tick)
+            self.wakeup.wait(self._sleep())
             self.wakeup.clear()
             self.woken = False
             self.on_wake()
@@ -127,6 +119,18 @@ class Sender:
                 self.work()
             except Exception:  # the sender must survive anything; say so once a minute
                 log.exception("conveyor sender: unexpected error (the sender keeps running)")
+
+    def _sleep(self) -> float:
+        """How long the thread waits when no caller wakes it.
+
+        Unaggregated, a tick: lines leave within one. Aggregated, nothing leaves before
+        the interval ends, so the sender sleeps until then: callers wake it sooner
+        when a queue passes a quarter of its bound, and control messages at once.
+        Under the GIL every round of the sender is time taken from the application's
+        threads; few rounds make few slow requests (docs/client.md, "The tail")."""
+        if not self._aggregate:
+            return self._tick
+        return min(max(self._next_flush - time.monotonic(), 0.0), self._flush_interval)
 
     def join(self, timeout: float | None) -> None:
         if self._thread is not None:
@@ -184,18 +188,8 @@ class Sender:
 
     def _drain(self, n_items: int, n_increments: int) -> None:
         if n_increments:
-            popped = self.increments.popleft
-            counts: Counter[Key] = Counter()
-            # A C-level loop, where a busy client's items mostly go. It holds the GIL for
-            # the whole call: slices of it, with the GIL given away between them, keep
-            # the application's threads from waiting for a whole drain at once.
-            remaining = n_increments
-            while remaining:
-                part = min(remaining, _INCREMENTS_PER_SLICE)
-                counts.update(itertools.islice(iter(popped, None), part))
-                remaining -= part
-                if remaining:
-                    _sched_yield()
+            # A C-level loop, where a busy client's items mostly go.
+            counts = Counter(itertools.islice(iter(self.increments.popleft, None), n_increments))
             self.taken += n_increments
             if self._aggregate:
                 refused = self._aggregator.add_increments(counts)
@@ -210,9 +204,7 @@ class Sender:
             popleft = self.queue.popleft
             aggregate = self._aggregate
             add = self._aggregator.add
-            for index in range(n_items):
-                if index and not index % _ITEMS_PER_SLICE:
-                    _sched_yield()  # as above: the application's threads get a turn
+            for _ in range(n_items):
                 item = popleft()
                 type_ = item[0]
                 if type_ in {"_e", "_sc", "_t"}:
