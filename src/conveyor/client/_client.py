@@ -303,7 +303,7 @@ class Client(DogStatsdMethods):
             # a list is turned into a tuple here; None and tuples are looked up as they
             # are; anything else (a dict) misses and goes through `_context`.
             try:
-                key = self._contexts[metric][tuple(tags) if tags.__class__ is list else tags]  # type: ignore[arg-type]
+                key = self._contexts[metric][tuple(tags) if tags.__class__ is list else tags]  # type: ignore[index]
             except (KeyError, TypeError):
                 key = self._context(metric, tags)
             queue = self._increments
@@ -459,7 +459,7 @@ class Client(DogStatsdMethods):
         """Every metric but value-1 increments and sets: checks, then one append.
         Kept in one function, with nothing else called on the common path."""
         try:  # the context's own tag tuple, found as increments find their keys
-            tags = self._contexts[metric][tuple(tags) if tags.__class__ is list else tags][1]  # type: ignore[arg-type]
+            tags = self._contexts[metric][tuple(tags) if tags.__class__ is list else tags][1]  # type: ignore[index]
         except (KeyError, TypeError):
             tags = self._context(metric, tags)[1]
         kind = value.__class__
