@@ -75,6 +75,33 @@ def test_flush_covers_the_current_aggregation_interval(udp_receiver: DatagramRec
     client.close()
 
 
+def test_aggregated_sender_sleeps_until_the_interval_ends(udp_receiver: DatagramReceiver) -> None:
+    # Under the GIL each round of the sender is time taken from the application: with
+    # aggregation on it runs when a call starts it, then not again before the interval
+    # ends (a 0.1 s tick would have run about ten rounds in this second).
+    client = Client(url=udp_receiver.url, flush_interval=1.0)  # type: ignore[attr-defined]
+    for _ in range(100):
+        client.increment("requests")
+        client.gauge("inflight", 3)
+    udp_receiver.sock.settimeout(10)
+    packet = udp_receiver.sock.recv(65536)  # the rendez-vous: the interval's flush
+    udp_receiver.received.add(packet)
+    assert udp_receiver.received.counts[("requests", ())] == 100
+    assert client.statistics().sender_rounds <= 3
+    client.close()
+
+
+def test_unaggregated_sender_sends_within_a_tick(udp_receiver: DatagramReceiver) -> None:
+    client = Client(url=udp_receiver.url, aggregate=False, flush_interval=3600)  # type: ignore[attr-defined]
+    client.increment("requests")
+    udp_receiver.sock.settimeout(10)
+    started = time.monotonic()
+    packet = udp_receiver.sock.recv(65536)  # no flush(): the sender's own tick
+    assert packet == b"requests:1|c\n"
+    assert time.monotonic() - started < 5  # a tick is 0.1 s; only a stuck sender is late
+    client.close()
+
+
 def _fill_while_stalled(client: Client, stalled: StalledTransport) -> threading.Thread:
     """Get the sender stuck inside ``send`` and return the thread whose flush did it."""
     client.increment("warmup")

@@ -27,6 +27,8 @@ class ClientStatistics:
     ``flush()`` returns True, ``pending`` is 0 for what was recorded before it.
     ``recorded`` counts calls (a sampled-out call is not recorded); ``sent`` counts
     calls whose data reached the transport, inside an aggregate or as its own line.
+    ``sender_rounds`` counts the sender's rounds of work: under the GIL each takes its
+    time from the application's threads, so few is good (docs/client.md, "The tail").
     """
 
     recorded: int
@@ -39,6 +41,7 @@ class ClientStatistics:
     packets_sent: int
     bytes_sent: int
     flushes: int
+    sender_rounds: int
     sender_running: bool
     destination: str
     dropped_total: int = field(init=False)

@@ -728,6 +728,7 @@ class Client(DogStatsdMethods):
             packets_sent=sender.packets_sent,
             bytes_sent=sender.bytes_sent,
             flushes=sender.flushes,
+            sender_rounds=sender.rounds,
             sender_running=sender.running,
             destination=self._transport.url,
         )

@@ -96,6 +96,7 @@ class Sender:
         self.packets_sent = 0
         self.bytes_sent = 0
         self.flushes = 0
+        self.rounds = 0  # calls of work(): each holds the GIL for its duration
         self._work_lock = threading.Lock()  # one worker at a time (threaded=False callers)
 
     # -- running ------------------------------------------------------------------------
@@ -170,6 +171,7 @@ class Sender:
     def work(self) -> None:
         """One round: control messages, the data queues, timers. Thread-safe."""
         with self._work_lock:
+            self.rounds += 1
             while self.control:
                 control = self.control.popleft()
                 self._drain(len(self.queue), len(self.increments))
