@@ -12,7 +12,7 @@ NEWEST_VENV   ?= .venv-newest
 all: test
 
 # The bench extra too: mypy checks the benchmarks against the peers they import.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py src/conveyor/client/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
@@ -30,18 +30,19 @@ typecheck: venv
 unit: venv
 	$(PY) -m pytest
 
-$(NEWEST_VENV)/.installed: pyproject.toml
+$(NEWEST_VENV)/.installed: pyproject.toml setup.py src/conveyor/client/_speedups.c
 	@test -n "$(NEWEST_PYTHON)" || { echo "no CPython 3.12+ found (see tools/newest-python)"; exit 1; }
 	$(NEWEST_PYTHON) -m venv $(NEWEST_VENV)
 	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(NEWEST_VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The ring's and the lifecycle's tests (and the dispatcher's, which owns threads too)
-# again on the newest interpreter.
+# Again on the newest interpreter: the ring's and the lifecycle's tests, the
+# dispatcher's (it owns threads too) and the C increment's (built against that
+# interpreter's C API).
 test-newest: $(NEWEST_VENV)/.installed
 	$(NEWEST_VENV)/bin/python -VV
-	$(NEWEST_VENV)/bin/python -m pytest tests/ring tests/lifecycle tests/delivery
+	$(NEWEST_VENV)/bin/python -m pytest tests/ring tests/lifecycle tests/delivery tests/client/test_speedups.py
 
 test: lint typecheck unit test-newest
 

@@ -15,9 +15,10 @@ import os
 import random
 import threading
 import time
+import types
 from collections import deque
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor import lifecycle
 from conveyor.protocol import encode_metric, encode_tags
@@ -42,6 +43,15 @@ from ._options import (
 from ._sender import Item, Sender
 from ._timed import Timed
 from ._wire import Encoder, check_name, checked_number, encode_event, encode_service_check
+
+if TYPE_CHECKING:
+    from ._speedups import FastIncrement
+
+_FastIncrement: type[FastIncrement] | None
+try:  # the C twin of the value-1 increment, where it was built (see _speedups.c)
+    from conveyor.client._speedups import FastIncrement as _FastIncrement
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _FastIncrement = None
 
 _random = random.random
 _INLINE_TICK = 0.1  # seconds between rounds of inline work (threaded=False)
@@ -267,6 +277,18 @@ class Client(DogStatsdMethods):
         # first call after either takes the rare path.
         self._fork_gate = lifecycle.ForkGate()
         self._gate = self._fork_gate.cell
+        if _FastIncrement is not None and type(self).increment is Client.increment:
+            # `client.increment` finds this instance attribute before the method: the
+            # same fast path in C, handing every other case to the method. (Set as an
+            # attribute: touching `self.__dict__` would slow every attribute read.)
+            fast = _FastIncrement(
+                self._contexts,
+                self._increments,
+                self._gate,
+                self._pressure,
+                types.MethodType(Client.increment, self),
+            )
+            setattr(self, "increment", fast)  # noqa: B010 - mypy forbids assigning a method
         lifecycle.join(self)
 
     def _new_sender(self) -> Sender:
