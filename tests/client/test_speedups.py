@@ -92,7 +92,7 @@ def test_the_c_increment_survives_a_tag_that_rewrites_the_tables_while_hashed() 
             return False
 
     with pytest.raises(ValueError, match="tags must be strings"):
-        client.increment("m", tags=[Evil()])
+        client.increment("m", tags=[Evil()])  # type: ignore[list-item]
     client.increment("m", tags=["a:b"])
     assert client.flush(timeout=10)
     assert client.statistics().sent == 2
