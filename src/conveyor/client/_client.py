@@ -386,7 +386,7 @@ class Client(DogStatsdMethods):
         encode_metric(metric, "s", value)  # a member the format cannot carry raises here
         rate = self._rate(sample_rate, metric)
         if rate:
-            self._enqueue(("s", metric, value, self._checked_tags(tags), rate))
+            self._enqueue(("s", self._context(metric, tags), value, rate))
 
     def timed(
         self,
@@ -480,10 +480,10 @@ class Client(DogStatsdMethods):
     ) -> None:
         """Every metric but value-1 increments and sets: checks, then one append.
         Kept in one function, with nothing else called on the common path."""
-        try:  # the context's own tag tuple, found as increments find their keys
-            tags = self._contexts[metric][tuple(tags) if tags.__class__ is list else tags][1]  # type: ignore[index]
+        try:  # the context's own key, found as increments find theirs
+            key = self._contexts[metric][tuple(tags) if tags.__class__ is list else tags]  # type: ignore[index]
         except (KeyError, TypeError):
-            tags = self._context(metric, tags)[1]
+            key = self._context(metric, tags)
         kind = value.__class__
         if kind is not int and (kind is not float or value - value != 0.0):  # NaN, inf
             value = checked_number(value, metric)
@@ -494,7 +494,7 @@ class Client(DogStatsdMethods):
             if not rate:
                 return
         queue = self._queue
-        queue.append((type_, metric, value, tags, rate))
+        queue.append((type_, key, value, rate))
         if len(queue) >= self._gate[0]:
             self._pressure(queue)
 

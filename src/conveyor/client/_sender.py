@@ -37,7 +37,8 @@ from ._wire import Encoder, WireError
 
 log = logging.getLogger("conveyor.client")
 
-#: Items on the general queue: (type, name, value, tags, rate) for metrics,
+#: Items on the general queue: (type, (name, tags), value, rate) for metrics (the
+#: context's key, made once by the client),
 #: ("_e", line_bytes) and ("_sc", line_bytes) for pre-encoded events and checks, and
 #: ("_t", line_bytes) for pre-encoded timestamped metrics (never aggregated).
 Item = tuple[Any, ...]
@@ -205,18 +206,18 @@ class Sender:
             self.taken += n_items
             popleft = self.queue.popleft
             aggregate = self._aggregate
-            add = self._aggregator.add
+            adders = self._aggregator.adders
             for _ in range(n_items):
                 item = popleft()
                 type_ = item[0]
                 if type_ in {"_e", "_sc", "_t"}:
                     self._add(item[1], 1)
                 elif aggregate:
-                    _, name, value, tags, rate = item
-                    if not add(type_, name, value, tags, rate):
+                    _, key, value, rate = item
+                    if not adders[type_](type_, key, value, rate):
                         self._drop("context_limit", 1, "too many contexts in one interval")
                 else:
-                    _, name, value, tags, rate = item
+                    _, (name, tags), value, rate = item
                     lines = self._encoder.metric(name, type_, (value,), rate, tags)
                     self._lines(lines, 1)
         if self.blocked:
