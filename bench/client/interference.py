@@ -151,7 +151,7 @@ def run_block(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="repeats (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="repeats (default 5)")
     parser.add_argument(
         "--requests",
         type=int,
