@@ -303,34 +303,59 @@ def report(series: dict[str, Series], k: int, rounds: int, requests: int, warm: 
         print()
 
     print(
-        "Targets (p99, judged on the median over rounds; 'below every peer' compares the "
-        "p99-vs-none ratios, each against its own baseline, round by round):"
+        "Targets (p99). Judged on *pooled* percentiles: every request of every round of "
+        "a client, against every request of the no-metrics blocks run before them. The "
+        "machine slows a few percent of all requests by ~100 us in bursts, no matter "
+        "what runs, so one block's p99 mostly says whether a burst fell in it; pooling "
+        "the rounds evens that out. The per-round ratios (median [min-max]) show the "
+        "spread. 'Below every peer' compares the p99-vs-none ratios, each client "
+        "against its own baselines."
     )
     print()
+
+    def pooled_ratio(key: str, name: str, clean: bool) -> float:
+        s = series[key]
+        return pooled(s.blocks, clean)[name] / pooled(s.baselines, clean)[name]
+
     rows = []
     for clean in (False, True):
         view = "not preempted" if clean else "all requests"
-        conv = over("conveyor", "p99", clean)
-        s = summarize(conv)
+        conv = pooled_ratio("conveyor", "p99", clean)
         rows.append(
             [
                 f"conveyor p99 / no-metrics p99 ({view})",
-                s.fmt(3),
+                f"{conv:.3f}",
+                summarize(over("conveyor", "p99", clean)).fmt(3),
                 "<= 1.05",
-                verdict(s.median, "<= 1.05"),
+                verdict(conv, "<= 1.05"),
             ]
         )
         for key in keys[1:]:
-            vs = summarize(ratios(conv, over(key, "p99", clean)))
+            theirs = pooled_ratio(key, "p99", clean)
+            per_round = summarize(ratios(over("conveyor", "p99", clean), over(key, "p99", clean)))
             rows.append(
                 [
                     f"conveyor (p99 vs none) / {PEER_LABELS[key]} (p99 vs none) ({view})",
-                    vs.fmt(3),
+                    f"{conv / theirs:.3f}",
+                    per_round.fmt(3),
                     "< 1",
-                    "met" if vs.median < 1 else "NOT met",
+                    "met" if conv / theirs < 1 else "NOT met",
                 ]
             )
-    print(table(["measure", "median [min-max]", "target", "as measured"], rows))
+    print(
+        table(
+            ["measure", "pooled", "per round: median [min-max]", "target", "as measured (pooled)"],
+            rows,
+        )
+    )
+
+
+def pooled(blocks: list[Block], clean: bool) -> dict[str, float]:
+    """Each percentile over the requests of all ``blocks`` together."""
+    data = sorted(
+        x for b in blocks for x, p in zip(b.lat, b.preempted, strict=True) if not (clean and p)
+    )
+    return {name: percentile(data, q) for name, q in QUANTILES}
 
 
 if __name__ == "__main__":
