@@ -44,6 +44,12 @@ fast_increment(FastIncrement *self, PyObject *const *args, size_t nargsf, PyObje
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *metric, *value = self->one, *tags = Py_None, *sample_rate = Py_None;
+    if (self->fallback == NULL) {
+        /* tp_clear ran: the collector is taking the client apart (a finaliser in
+           the same cycle called it). Nothing is left to record into. */
+        PyErr_SetString(PyExc_RuntimeError, "this conveyor Client is being garbage-collected");
+        return NULL;
+    }
     if (nargs < 1 || nargs > 4) {
         return call_fallback(self, args, nargsf, kwnames);
     }
