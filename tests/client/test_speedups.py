@@ -182,3 +182,27 @@ def test_the_c_increment_leaks_no_references() -> None:
     assert (sys.getrefcount(key), sys.getrefcount(tags), sys.getrefcount(as_tuple)) == counts
     assert client.statistics().sent == 60_000
     client.close()
+
+
+@pytest.mark.parametrize("aggregate", [True, False])
+def test_a_default_sample_rate_samples_value_one_increments_too(aggregate: bool) -> None:
+    # As datadog.DogStatsd does: the default rate applies to every call that gives
+    # none, the commonest (value-1 increments, the C path's own) included.
+    transport = StalledTransport()
+    transport.release.set()
+    client = Client(transport=transport, default_sample_rate=0.5, aggregate=aggregate)
+    for _ in range(4000):
+        client.increment("sampled")
+    assert client.flush(timeout=10)
+    recorded = client.statistics().recorded
+    assert 1600 < recorded < 2400  # about half were kept (the odds of failing: ~1e-30)
+    received = transport.received.counts[("sampled", ())]
+    assert received == pytest.approx(2 * recorded)  # each kept call counts 1/0.5
+    client.default_sample_rate = 1.0  # and back: every call again, through the fast path
+    for _ in range(1000):
+        client.increment("whole")
+    assert client.flush(timeout=10)
+    assert transport.received.counts[("whole", ())] == 1000
+    if client_module._FastIncrement is not None:
+        assert type(client.increment).__name__ == "FastIncrement"
+    client.close()

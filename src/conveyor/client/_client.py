@@ -11,6 +11,7 @@ afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -57,6 +58,7 @@ _random = random.random
 _INLINE_TICK = 0.1  # seconds between rounds of inline work (threaded=False)
 _MAX_REMEMBERED = 10_000  # names, tag sets and counter keys remembered as checked
 _ONE = 1  # the small int CPython caches: `value is _ONE` is true only for the int 1
+_NOT_A_VALUE = object()  # no call passes it: see Client._unsampled_one
 _sched_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
@@ -247,7 +249,11 @@ class Client(DogStatsdMethods):
         self._overflow = overflow
         self._block_timeout = block_timeout
         self._max_queue = max_queue
-        self._default_rate = default_sample_rate
+        self._default_rate = float(default_sample_rate)
+        # What `increment`'s fast path takes: value-1 calls when they are not sampled.
+        # With a default sample rate below 1 they must be, so no value matches and
+        # every increment goes through `_metric`, which samples (`_apply_default_rate`).
+        self._unsampled_one: object = _ONE
         self._use_ms = use_ms
         self._threaded = threaded is not False
         self._batch = batch
@@ -277,7 +283,17 @@ class Client(DogStatsdMethods):
         # first call after either takes the rare path.
         self._fork_gate = lifecycle.ForkGate()
         self._gate = self._fork_gate.cell
-        if _FastIncrement is not None and type(self).increment is Client.increment:
+        self._apply_default_rate()
+        lifecycle.join(self)
+
+    def _apply_default_rate(self) -> None:
+        """Choose `increment`'s fast path for the current default sample rate: with
+        1.0, the C twin where it was built (see _speedups.c); below, none at all."""
+        unsampled = self._default_rate == 1.0
+        self._unsampled_one = _ONE if unsampled else _NOT_A_VALUE
+        if _FastIncrement is None or type(self).increment is not Client.increment:
+            return  # no C twin, or a subclass's own increment: the method stays
+        if unsampled:
             # `client.increment` finds this instance attribute before the method: the
             # same fast path in C, handing every other case to the method. (Set as an
             # attribute: touching `self.__dict__` would slow every attribute read.)
@@ -289,7 +305,10 @@ class Client(DogStatsdMethods):
                 types.MethodType(Client.increment, self),
             )
             setattr(self, "increment", fast)  # noqa: B010 - mypy forbids assigning a method
-        lifecycle.join(self)
+        else:
+            # The method again, which samples. (Not `vars(self)`: see above.)
+            with contextlib.suppress(AttributeError):
+                delattr(self, "increment")
 
     def _new_sender(self) -> Sender:
         sender = Sender(
@@ -318,7 +337,7 @@ class Client(DogStatsdMethods):
         sample_rate: float | None = None,
     ) -> None:
         """Add ``value`` (default 1) to the counter ``metric``."""
-        if value is _ONE and sample_rate is None:  # CPython caches 1: one identity test
+        if value is self._unsampled_one and sample_rate is None:  # one identity test
             # The queue takes the context's own key, checked and kept when the context
             # was first seen: no new object per call stays alive until the sender runs,
             # so the calls do not keep the cycle collector busy (docs/client.md). Only
