@@ -1,5 +1,5 @@
-"""The C twin of ``Client.increment`` (conveyor/client/_speedups.c) against the Python
-method: the same calls must give the same errors and the same data."""
+"""The C twins of the commonest client calls (conveyor/client/_speedups.c) against the
+Python methods: the same calls must give the same errors and the same data."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from conveyor.client import Client
 from conveyor.client import _client as client_module
 
 ABSENT = object()  # the argument is not passed at all
+METHODS = ("increment", "count", "gauge", "histogram", "distribution", "timing")
 
 
 def _require_speedups() -> None:
-    if client_module._FastIncrement is None:
+    if client_module._FastCall is None:
         missing(
-            "conveyor.client._speedups (the C increment)",
+            "conveyor.client._speedups (the C fast paths)",
             "it was not built: is a C compiler installed? `pip install -e .` builds it",
         )
 
@@ -31,11 +32,12 @@ def _recording_client(*, fast: bool) -> tuple[Client, StalledTransport]:
     transport = StalledTransport()
     transport.release.set()  # never stalls: it only records what it is given
     client = Client(transport=transport, flush_interval=3600)
-    if fast:
-        assert type(client.increment).__name__ == "FastIncrement"
-    else:
-        del client.increment  # the instance attribute: the class's Python method again
-        assert type(client.increment).__name__ == "method"
+    for name in METHODS:
+        if fast:
+            assert type(getattr(client, name)).__name__ == "FastCall", name
+        else:
+            delattr(client, name)  # the instance attribute: the class's Python method again
+            assert type(getattr(client, name)).__name__ == "method", name
     return client, transport
 
 
@@ -100,7 +102,9 @@ def test_the_c_increment_survives_a_tag_that_rewrites_the_tables_while_hashed() 
 
 
 names = st.sampled_from(["req", "db.query", "", "a|b", 5, None, ["list"]])
-values = st.sampled_from([ABSENT, 1, 2, 1.0, -1, 0.5, True, math.nan, "1", None])
+values = st.sampled_from(
+    [ABSENT, 1, 2, 1.0, -1, 0.5, 10**30, True, math.nan, math.inf, "1", None, 2.5e300]
+)
 tag_forms = st.sampled_from(
     [
         ABSENT,
@@ -122,7 +126,14 @@ extras = st.sampled_from([{}, {"unknown": 1}])
 
 
 def _call(
-    client: Client, metric: Any, value: Any, tags: Any, rate: Any, form: str, extra: dict[str, Any]
+    client: Client,
+    method: str,
+    metric: Any,
+    value: Any,
+    tags: Any,
+    rate: Any,
+    form: str,
+    extra: dict[str, Any],
 ) -> str:
     """Make one call; what it raised, as text ("" if nothing)."""
     given_args = [("metric", metric), ("value", value), ("tags", tags), ("sample_rate", rate)]
@@ -138,15 +149,20 @@ def _call(
         else:
             kwargs[name] = arg
     try:
-        client.increment(*args, **kwargs)
+        getattr(client, method)(*args, **kwargs)
     except Exception as error:
         return f"{type(error).__name__}: {error}"
     return ""
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(names, values, tag_forms, rates, forms, extras), max_size=12))
-def test_the_c_increment_behaves_as_the_python_method(calls: list[Any]) -> None:
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(METHODS), names, values, tag_forms, rates, forms, extras),
+        max_size=12,
+    )
+)
+def test_the_c_calls_behave_as_the_python_methods(calls: list[Any]) -> None:
     _require_speedups()
     fast, fast_transport = _recording_client(fast=True)
     slow, slow_transport = _recording_client(fast=False)
@@ -154,9 +170,14 @@ def test_the_c_increment_behaves_as_the_python_method(calls: list[Any]) -> None:
         for call in calls * 2:  # twice: the second time, every context is known
             assert _call(fast, *call) == _call(slow, *call), call
         assert fast.flush(timeout=10) and slow.flush(timeout=10)
-        assert dict(fast_transport.received.counts) == dict(slow_transport.received.counts)
+        ours, theirs = fast_transport.received, slow_transport.received
+        assert dict(ours.counts) == dict(theirs.counts)
+        assert ours.gauges == theirs.gauges
+        assert dict(ours.samples) == dict(theirs.samples)  # fewer than 64: all kept
+        assert dict(ours.sample_counts) == dict(theirs.sample_counts)
         fast_books, slow_books = fast.statistics(), slow.statistics()
         assert (fast_books.recorded, fast_books.sent) == (slow_books.recorded, slow_books.sent)
+        assert fast_books.dropped == slow_books.dropped
     finally:
         fast.close()
         slow.close()
@@ -203,6 +224,6 @@ def test_a_default_sample_rate_samples_value_one_increments_too(aggregate: bool)
         client.increment("whole")
     assert client.flush(timeout=10)
     assert transport.received.counts[("whole", ())] == 1000
-    if client_module._FastIncrement is not None:
-        assert type(client.increment).__name__ == "FastIncrement"
+    if client_module._FastCall is not None:
+        assert type(client.increment).__name__ == "FastCall"
     client.close()

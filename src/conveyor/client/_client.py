@@ -46,13 +46,24 @@ from ._timed import Timed
 from ._wire import Encoder, check_name, checked_number, encode_event, encode_service_check
 
 if TYPE_CHECKING:
-    from ._speedups import FastIncrement
+    from ._speedups import FastCall
 
-_FastIncrement: type[FastIncrement] | None
-try:  # the C twin of the value-1 increment, where it was built (see _speedups.c)
-    from conveyor.client._speedups import FastIncrement as _FastIncrement
+_FastCall: type[FastCall] | None
+try:  # the C twins of the commonest calls, where they were built (see _speedups.c)
+    from conveyor.client._speedups import FastCall as _FastCall
 except ImportError:  # pragma: no cover - a build without a C compiler
-    _FastIncrement = None
+    _FastCall = None
+
+# The methods with a C twin, and the type code each one queues (None: an increment's
+# key goes to the increments deque).
+_FAST_CALLS = {
+    "increment": None,
+    "count": "c",
+    "gauge": "g",
+    "histogram": "h",
+    "distribution": "d",
+    "timing": "ms",
+}
 
 _random = random.random
 _INLINE_TICK = 0.1  # seconds between rounds of inline work (threaded=False)
@@ -287,28 +298,35 @@ class Client(DogStatsdMethods):
         lifecycle.join(self)
 
     def _apply_default_rate(self) -> None:
-        """Choose `increment`'s fast path for the current default sample rate: with
-        1.0, the C twin where it was built (see _speedups.c); below, none at all."""
+        """Choose the fast paths for the current default sample rate: with 1.0, the
+        C twins of the commonest calls where they were built (see _speedups.c); below,
+        none at all, so that every call is sampled."""
         unsampled = self._default_rate == 1.0
         self._unsampled_one = _ONE if unsampled else _NOT_A_VALUE
-        if _FastIncrement is None or type(self).increment is not Client.increment:
-            return  # no C twin, or a subclass's own increment: the method stays
-        if unsampled:
-            # `client.increment` finds this instance attribute before the method: the
-            # same fast path in C, handing every other case to the method. (Set as an
-            # attribute: touching `self.__dict__` would slow every attribute read.)
-            fast = _FastIncrement(
-                self._contexts,
-                self._increments,
-                self._gate,
-                self._pressure,
-                types.MethodType(Client.increment, self),
-            )
-            setattr(self, "increment", fast)  # noqa: B010 - mypy forbids assigning a method
-        else:
-            # The method again, which samples. (Not `vars(self)`: see above.)
-            with contextlib.suppress(AttributeError):
-                delattr(self, "increment")
+        if _FastCall is None:
+            return
+        for name, type_code in _FAST_CALLS.items():
+            method = getattr(Client, name)
+            if getattr(type(self), name) is not method:
+                continue  # a subclass's own method stays
+            if unsampled:
+                # `client.gauge` finds this instance attribute before the method: the
+                # same fast path in C, handing every other case to the method. (Set as
+                # an attribute: touching `self.__dict__` would slow every read of one.)
+                queue = self._increments if type_code is None else self._queue
+                fast = _FastCall(
+                    type_code,
+                    self._contexts,
+                    queue,
+                    self._gate,
+                    self._pressure,
+                    types.MethodType(method, self),
+                )
+                setattr(self, name, fast)
+            else:
+                # The method again, which samples. (Not `vars(self)`: see above.)
+                with contextlib.suppress(AttributeError):
+                    delattr(self, name)
 
     def _new_sender(self) -> Sender:
         sender = Sender(
