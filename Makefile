@@ -38,7 +38,7 @@ $(NEWEST_VENV)/.installed: pyproject.toml setup.py src/conveyor/client/_speedups
 	touch $@
 
 # Again on the newest interpreter: the ring's and the lifecycle's tests, the
-# dispatcher's (it owns threads too) and the C increment's (built against that
+# dispatcher's (it owns threads too) and the C fast paths' (built against that
 # interpreter's C API).
 test-newest: $(NEWEST_VENV)/.installed
 	$(NEWEST_VENV)/bin/python -VV
