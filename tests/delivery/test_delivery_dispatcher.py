@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from email.utils import formatdate
 
@@ -411,3 +412,20 @@ def test_tls_is_verified(tmp_path: object) -> None:
         assert trusted.status == 200
     finally:
         server.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_send_timeout_bounds_the_whole_send_retry_included(server: Server) -> None:
+    # The first request is dropped after 0.4 s (a stale keep-alive, retried at once);
+    # the retry would take 0.4 s more. A 0.6 s budget must cover both attempts, not
+    # each one: the send gives up at 0.6 s, not at 1.0 s.
+    server.delay = 0.4  # each request takes this long: a slow endpoint
+    server.script = [Reply(drop=True)]
+    http = transport(server)
+    started = time.monotonic()
+    response = http.send([b'{"id": "a"}'], timeout=0.6)
+    elapsed = time.monotonic() - started
+    assert response.status is None and response.reason == "timeout"
+    assert server.requests == 2  # the retry was made, within what was left
+    assert elapsed < 0.85, elapsed
+    http.close()

@@ -30,6 +30,7 @@ import gzip
 import json
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -162,12 +163,19 @@ class HTTPTransport:
         pool = self._connection_pool()
         path = self._path()
         limits: dict[str, Any] = {}
-        if timeout is not None:  # at exit: the request must end by the exit deadline
-            limits["timeout"] = urllib3.Timeout(
-                connect=max(0.001, min(self._connect_timeout, timeout)),
-                read=max(0.001, min(self._read_timeout, timeout)),
-            )
+        # At exit (and inline after a hookless fork) the request must end by a deadline:
+        # `timeout` bounds the whole send, the retry of a dropped connection included.
+        deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in (0, 1):
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return HTTPResponse(None, "timeout")
+                limits["timeout"] = urllib3.Timeout(
+                    total=left,
+                    connect=min(self._connect_timeout, left),
+                    read=min(self._read_timeout, left),
+                )
             try:
                 response = pool.urlopen(
                     "POST",
