@@ -151,7 +151,7 @@ def run_block(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="repeats (default 5)")
+    parser.add_argument("--rounds", type=int, default=7, help="repeats (default 7)")
     parser.add_argument(
         "--requests",
         type=int,
@@ -304,18 +304,19 @@ def report(series: dict[str, Series], k: int, rounds: int, requests: int, warm: 
 
     print(
         "Targets (p99). Judged on *pooled* percentiles: every request of every round of "
-        "a client, against every request of the no-metrics blocks run before them. The "
-        "machine slows a few percent of all requests by ~100 us in bursts, no matter "
-        "what runs, so one block's p99 mostly says whether a burst fell in it; pooling "
-        "the rounds evens that out. The per-round ratios (median [min-max]) show the "
-        "spread. 'Below every peer' compares the p99-vs-none ratios, each client "
-        "against its own baselines."
+        "a client, against every request of every no-metrics block. The machine slows a "
+        "few percent of all requests by ~100 us in bursts, no matter what runs, so one "
+        "block's p99 mostly says whether a burst fell in it; pooling the rounds (whose "
+        "order rotates) evens that out, and one shared baseline makes 'below every "
+        "peer' a direct comparison of the clients' pooled p99s. The per-round ratios "
+        "(median [min-max], each block against the no-metrics block just before it) "
+        "show the spread."
     )
     print()
+    all_baselines = [b for s in series.values() for b in s.baselines]
 
     def pooled_ratio(key: str, name: str, clean: bool) -> float:
-        s = series[key]
-        return pooled(s.blocks, clean)[name] / pooled(s.baselines, clean)[name]
+        return pooled(series[key].blocks, clean)[name] / pooled(all_baselines, clean)[name]
 
     rows = []
     for clean in (False, True):
