@@ -1,12 +1,14 @@
 """`Client`: the object an application creates once and calls from every thread.
 
-The hot path (``increment`` and friends) does three things: cheap argument checks,
-one ``deque.append`` and one length comparison. ``deque.append`` is a single C call,
-atomic under the GIL and made thread-safe by a per-object lock on free-threaded builds,
-so callers never take a Python lock and never convoy. Everything else (starting the
-sender, overflow, waking the sender early) happens on the rare path that the length
-comparison leads to: ``_threshold`` is 0 until the sender runs, a quarter of the bound
-afterwards.
+The hot path (``increment`` and friends) does three things: find the context's key
+(checked when the context was first seen), one ``deque.append`` and one length
+comparison. ``deque.append`` is a single C call, atomic under the GIL and made
+thread-safe by a per-object lock on free-threaded builds, so callers never take a
+Python lock and never convoy. Everything else (starting the sender, overflow, waking
+the sender early, noticing a fork) happens on the rare path that the length comparison
+leads to: the fork gate ``_gate[0]`` is 0 until the sender runs, a quarter of the bound
+afterwards, and 0 again in a forked child. The commonest calls have C twins
+(``_speedups.c``) that do the same for the same cases and hand every other case here.
 """
 
 from __future__ import annotations
