@@ -3,6 +3,7 @@ Python methods: the same calls must give the same errors and the same data."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from typing import Any
@@ -44,6 +45,17 @@ def _recording_client(*, fast: bool) -> tuple[Client, StalledTransport]:
 def test_the_c_increment_is_built_and_installed() -> None:
     _require_speedups()
     client, _ = _recording_client(fast=True)
+    client.close()
+
+
+def test_the_c_calls_show_the_python_methods_signatures() -> None:
+    _require_speedups()
+    client, _ = _recording_client(fast=True)
+    for name in METHODS:
+        fast = getattr(client, name)
+        method = getattr(Client, name).__get__(client)
+        assert inspect.signature(fast) == inspect.signature(method), name
+        assert fast.__wrapped__.__doc__ == method.__doc__
     client.close()
 
 

@@ -317,6 +317,8 @@ FastCall_call(FastCall *self, PyObject *args, PyObject *kwargs)
 
 static PyMemberDef FastCall_members[] = {
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(FastCall, vectorcall), READONLY},
+    /* The Python method it stands for: inspect.signature() and help() follow it. */
+    {"__wrapped__", T_OBJECT, offsetof(FastCall, fallback), READONLY},
     {NULL},
 };
 
