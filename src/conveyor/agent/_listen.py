@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import select
 import socket
@@ -43,7 +42,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from conveyor import transport
 from conveyor._ratelimit import RateLimitedLog
+from conveyor.transport import Address
 
 from ._listen_framing import DEFAULT_MAX_FRAME, Framer, LengthFramer, LineFramer
 from ._models import (
@@ -70,7 +71,7 @@ __all__ = [
     "listen",
 ]
 
-DEFAULT_PORT = 8125
+DEFAULT_PORT = transport.DEFAULT_PORT  # the client's: both ends agree by default
 DEFAULT_URL = f"udp://127.0.0.1:{DEFAULT_PORT}"
 #: Asked of the kernel for datagram sockets (Datadog suggests 25 MiB for busy hosts;
 #: the kernel caps it at ``net.core.rmem_max``, and ``statistics().receive_buffer``
@@ -85,8 +86,6 @@ DEFAULT_SOCKET_MODE = 0o600
 _DRAIN_AT_CLOSE = 1 << 20  # bounded: a receive buffer holds far fewer datagrams
 _READS_PER_WAKE = 256
 _TRUNC_FLAG: int = getattr(socket, "MSG_TRUNC", 0)
-
-Address = tuple[str, int] | str
 
 
 @dataclass(frozen=True)
@@ -707,10 +706,6 @@ ACCEPTED_FORMS = (
 )
 
 
-def _invalid(url: str, problem: str) -> ValueError:
-    return ValueError(f"invalid listen URL {url!r}: {problem}; accepted forms: {ACCEPTED_FORMS}")
-
-
 def _check_port(port: int) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
         raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
@@ -730,48 +725,9 @@ def _check_mode(mode: int) -> int:
 
 
 def parse_url(url: str) -> tuple[str, Address]:
-    """``(kind, address)`` for a listen URL; a ``ValueError`` naming the forms otherwise."""
-    if not isinstance(url, str):
-        raise TypeError(f"url must be a str, not {type(url).__name__}")
-    scheme, separator, rest = url.strip().partition("://")
-    if not separator:
-        raise _invalid(url, "no scheme (expected scheme://...)")
-    scheme = scheme.lower()
-    if scheme in ("unix", "unixgram", "unixstream"):
-        if not rest.startswith("/") or rest.endswith("/") or "\0" in rest:
-            raise _invalid(url, "the socket path must be absolute (three slashes in all)")
-        return ("unixstream" if scheme == "unixstream" else "unixgram"), rest
-    if scheme not in ("udp", "tcp"):
-        raise _invalid(url, f"unknown scheme {scheme!r}")
-    rest = rest.removesuffix("/")
-    for character in "/?#@":
-        if character in rest:
-            raise _invalid(url, f"a network URL takes no {character!r} part")
-    port_text: str | None
-    if rest.startswith("["):
-        close = rest.find("]")
-        if close < 0:
-            raise _invalid(url, "an IPv6 address opened with '[' is not closed with ']'")
-        host, after = rest[1:close], rest[close + 1 :]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise _invalid(url, f"{host!r} is not an IPv6 address") from None
-        if after and not after.startswith(":"):
-            raise _invalid(url, f"unexpected {after!r} after the IPv6 address")
-        port_text = after[1:] if after else None
-    else:
-        if rest.count(":") > 1:
-            raise _invalid(url, "an IPv6 address must be in brackets, e.g. udp://[::1]:8125")
-        host, colon, port = rest.partition(":")
-        port_text = port if colon else None
-        if not host or any(c.isspace() for c in host):
-            raise _invalid(url, "no host, or a host with white space")
-    if port_text is None:
-        return scheme, (host, DEFAULT_PORT)
-    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
-        raise _invalid(url, f"the port must be a number from 0 to 65535, not {port_text!r}")
-    return scheme, (host, int(port_text))
+    """``(kind, address)`` for a listen URL; a ``ValueError`` naming the forms otherwise.
+    The client's URL forms (one parser for both ends), plus port 0."""
+    return transport.parse_url(url, what="listen URL", accepted=ACCEPTED_FORMS, port_zero=True)
 
 
 def listen(url: str, sink: PacketSink, **options: Any) -> Listener:

@@ -45,13 +45,14 @@ from ._errors import REASONS, Reason, TransportError
 from ._http import HTTPResponse, HTTPTransport
 from ._stats import TransportStatistics
 from ._stream import TCPTransport, UnixStreamTransport
-from ._url import DEFAULT_PORT, transport_from_url
+from ._url import DEFAULT_PORT, Address, parse_url, transport_from_url
 
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_UDP_PACKET_SIZE",
     "DEFAULT_UNIX_PACKET_SIZE",
     "REASONS",
+    "Address",
     "HTTPResponse",
     "HTTPTransport",
     "Reason",
@@ -62,5 +63,6 @@ __all__ = [
     "UDPTransport",
     "UnixDatagramTransport",
     "UnixStreamTransport",
+    "parse_url",
     "transport_from_url",
 ]
