@@ -6,6 +6,7 @@ import gzip
 import http.server
 import io
 import json
+import math
 import socket
 import threading
 import urllib.request
@@ -308,6 +309,21 @@ def test_agent_statsd_forwarder_plain_statsd_negative_gauge(udp_server: socket.s
     upstream = Aggregator(statsd_dialect=True)
     upstream.ingest(parse_packet(data, statsd_dialect=True))
     assert upstream.flush(10, 1).find("temp").value == -5  # type: ignore[union-attr]
+
+
+@pytest.mark.timeout(20)
+def test_agent_statsd_forwarder_skips_only_the_statistic_it_cannot_encode(
+    udp_server: socket.socket,
+) -> None:
+    port = udp_server.getsockname()[1]
+    forwarder = StatsdForwarder(f"udp://127.0.0.1:{port}")
+    stats = (("count", 3.0), ("sum", math.inf), ("max", 2.0))
+    forwarder.emit(Snapshot(2.0, 1.0, (Series("lat", "histogram", (), 3.0, stats=stats),)))
+    forwarder.close()
+    data = receive_all(udp_server)
+    assert b"lat.count:3|g" in data and b"lat.max:2|g" in data
+    assert b"lat.sum" not in data
+    assert forwarder.statistics().errors == {"unencodable": 1}
 
 
 @pytest.mark.timeout(20)

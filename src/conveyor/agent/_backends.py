@@ -551,9 +551,16 @@ class StatsdForwarder:
             yield from self._distribution_lines(series)
         else:
             for stat, value in series.stats:
+                # One line per statistic: one the format cannot carry (a sum that
+                # overflowed to inf) is counted and skipped, the others still go.
+                try:
+                    line = encode_metric(f"{name}.{stat}", "g", value, tags=tags)
+                except ProtocolError:
+                    self._errors["unencodable"] += 1
+                    continue
                 if self._dialect and value < 0:
                     yield encode_metric(f"{name}.{stat}", "g", 0, tags=tags)
-                yield encode_metric(f"{name}.{stat}", "g", value, tags=tags)
+                yield line
 
     def _distribution_lines(self, series: Series) -> Iterator[bytes]:
         sketch = series.sketch
