@@ -70,6 +70,7 @@ ALL_PEERS = (*SOCKET_PEERS, "otel", "prometheus")
 
 PEER_LABELS = {
     "conveyor": "conveyor Client",
+    "conveyor-py": "conveyor Client, Python only (no C fast paths)",
     "dd-agg": "DogStatsd (bg sender, aggregation on)",
     "dd-noagg": "DogStatsd (bg sender, aggregation off)",
     "statsd": "statsd.StatsClient (sync, no tags)",
@@ -316,10 +317,17 @@ class Peer:
 class ConveyorPeer(Peer):
     key = "conveyor"
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, python_only: bool = False) -> None:
         from conveyor.client import Client
 
         self.client = Client(host="127.0.0.1", port=port)
+        if python_only:
+            # What an install without a C compiler runs: the class's Python methods
+            # (the C fast paths are instance attributes in front of them).
+            self.key = "conveyor-py"
+            for name in ("increment", "count", "gauge", "histogram", "distribution", "timing"):
+                if name in vars(self.client):
+                    delattr(self.client, name)
 
     def loop(self, op: str, name: str) -> Loop | None:
         c = self.client
@@ -643,19 +651,18 @@ class PrometheusPeer(Peer):
 
 
 def make_peer(key: str, port: int) -> Peer:
-    if key == "conveyor":
-        return ConveyorPeer(port)
-    if key == "dd-agg":
-        return DogStatsdPeer(port, aggregate=True)
-    if key == "dd-noagg":
-        return DogStatsdPeer(port, aggregate=False)
-    if key == "statsd":
-        return StatsdPeer(port)
-    if key == "otel":
-        return OtelPeer()
-    if key == "prometheus":
-        return PrometheusPeer()
-    raise ValueError(f"unknown peer {key!r}")
+    makers: dict[str, Callable[[], Peer]] = {
+        "conveyor": lambda: ConveyorPeer(port),
+        "conveyor-py": lambda: ConveyorPeer(port, python_only=True),
+        "dd-agg": lambda: DogStatsdPeer(port, aggregate=True),
+        "dd-noagg": lambda: DogStatsdPeer(port, aggregate=False),
+        "statsd": lambda: StatsdPeer(port),
+        "otel": OtelPeer,
+        "prometheus": PrometheusPeer,
+    }
+    if key not in makers:
+        raise ValueError(f"unknown peer {key!r}")
+    return makers[key]()
 
 
 # -- the bare reference -----------------------------------------------------------------

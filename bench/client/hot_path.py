@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
 
     print(header("Client hot path", ["bench/client/hot_path.py", *argv]))
     with Receiver() as receiver:
-        peers = {key: make_peer(key, receiver.port) for key in ALL_PEERS}
+        peers = {key: make_peer(key, receiver.port) for key in HOT_PEERS}
         variants = [
             Variant("empty", "-", empty_loop, None),
             Variant("bare", "increment", bare_loop("bench.hot.bare"), None),
@@ -159,6 +159,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+# conveyor twice: as installed (with its C fast paths) and as an install without a C
+# compiler runs it (the Python methods).
+HOT_PEERS = ("conveyor", "conveyor-py", *ALL_PEERS[1:])
+
+
 def chart(variants: list[Variant]) -> Figure:
     """ns per call per client and call, CPU time (top row) and wall time (bottom)."""
     by = {(v.peer, v.op): v for v in variants}
@@ -166,14 +171,18 @@ def chart(variants: list[Variant]) -> Figure:
     for attr, clock in (("samples", "CPU time"), ("walls", "wall time")):
         for op in OPS:
             bars = []
-            for key in ("bare", *ALL_PEERS):
+            for key in ("bare", *HOT_PEERS):
                 v = by.get((key, "increment" if key == "bare" else op))
                 values: list[float] = (
                     getattr(v, attr) if v and (key != "bare" or op == OPS[0]) else []
                 )
                 label = "bare deque-append function" if key == "bare" else PEER_LABELS[key]
                 role: Role = (
-                    "conveyor" if key == "conveyor" else "reference" if key == "bare" else "peer"
+                    "conveyor"
+                    if key.startswith("conveyor")
+                    else "reference"
+                    if key == "bare"
+                    else "peer"
                 )
                 bars.append(Bar(label, [x * 1e9 for x in values], role))
             panels.append(Panel(f"{OP_LABELS[op]} ({clock})", f"ns per call, {clock}", bars))
@@ -197,7 +206,7 @@ def report(variants: list[Variant], rounds: int) -> None:
             return summarize(values).fmt(0, 1e9)
 
         rows = [["bare deque-append function", cell(bare), "", "", ""]]
-        for key in ALL_PEERS:
+        for key in HOT_PEERS:
             cells = [PEER_LABELS[key]]
             for op in OPS:
                 v = by.get((key, op))
@@ -251,6 +260,19 @@ def report(variants: list[Variant], rounds: int) -> None:
     for label, a, b, target in checks:
         cpu, wall = per_round(a, b), per_round(a, b, "walls")
         rows.append([label, cpu.fmt(2), wall.fmt(2), target, verdict(cpu.median, target)])
+    for label, a, b in (
+        (
+            "conveyor, Python only: increment (2 tags) / bare function",
+            ("conveyor-py", "increment"),
+            ("bare", "increment"),
+        ),
+        (
+            "DogStatsd (bg sender, aggregation on) increment / conveyor, Python only",
+            ("dd-agg", "increment"),
+            ("conveyor-py", "increment"),
+        ),
+    ):
+        rows.append([label, per_round(a, b).fmt(2), per_round(a, b, "walls").fmt(2), "", ""])
     for key in ("dd-noagg", "statsd", "otel", "prometheus"):
         a, b = (key, "increment"), ("conveyor", "increment")
         rows.append(
