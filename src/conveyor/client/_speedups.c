@@ -30,12 +30,12 @@
 typedef struct {
     PyObject_HEAD
     PyObject *contexts;   /* dict: name -> dict: tags tuple or None -> (name, tags) key */
-    PyObject *queue;      /* the increments deque */
+    PyObject *queue;      /* the deque the call appends to (increments, or the general one) */
     PyObject *append;     /* queue.append, bound once */
     PyObject *gate_view;  /* the fork gate's memoryview (an int64 cell) */
     Py_buffer gate;       /* its buffer: gate.buf is read on every call */
     PyObject *pressure;   /* Client._pressure, bound: the rare path */
-    PyObject *fallback;   /* Client.increment, bound: everything else */
+    PyObject *fallback;   /* the Python method, bound (Client.gauge...): everything else */
     PyObject *one;        /* the int 1 */
     PyObject *type_code;  /* NULL for an increment; else "c", "g", "h", "d" or "ms" */
     PyObject *rate_one;   /* the float 1.0 queued as the rate */
